@@ -1,0 +1,124 @@
+"""Multi-step activation phi with a sparsity window r and pulse-shaped derivative.
+
+Forward (method.md section 2).  With K = (states - 1) / 2 positive levels of height dz,
+thresholds t_k = r + (k - 1) s for k = 1..K (s: step width, default dz):
+
+    phi(x) = sign(x) * dz * #{k : |x| > t_k}
+
+Ternary: phi(x) = +1 if x > r, 0 if |x| <= r, -1 if x < -r.  Binary: phi(x) = sign(x)
+(sign(0) = +1, r unused; the single jump of height 2 sits at t = 0).
+
+Backward.  The true derivative is 0 almost everywhere; every jump of height h at
+|x| = t_k is replaced by a pulse of half-width a and area h:
+
+    rect:  h / (2a)                      on | |x| - t_k | <= a
+    tri:   h / a^2 * (a - | |x| - t_k |)  on the same interval
+
+dphi/dx is the sum of the pulses (they add where they overlap) and is 0 elsewhere:
+the gradient passes ONLY through the pulses, never as an identity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .space import Space
+
+PULSES = ("rect", "tri")
+
+
+def pulse(distance: torch.Tensor, height: float, width: float, kind: str) -> torch.Tensor:
+    """Pulse of area ``height`` and half-width ``width`` at ``distance`` (>= 0) from its centre."""
+    inside = distance <= width
+    if kind == "rect":
+        return inside.to(distance.dtype) * (height / (2.0 * width))
+    if kind == "tri":
+        return (width - distance).clamp_(min=0.0) * (height / width**2)
+    raise ValueError(f"unknown pulse {kind!r}; choose one of {', '.join(PULSES)}")
+
+
+class _MultiStepFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, act: "MultiStep"):
+        ctx.save_for_backward(x)
+        ctx.act = act
+        return act.levels(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        return grad_out * ctx.act.derivative(x), None
+
+
+class MultiStep(nn.Module):
+    """phi for activation space ``space``; window r, pulse ``kind`` of half-width a."""
+
+    def __init__(self, space: Space, window: float = 0.5, pulse: str = "rect", width: float = 0.5,
+                 step: float | None = None):
+        super().__init__()
+        if window < 0:
+            raise ValueError(f"window r must be >= 0, got {window}")
+        if width <= 0:
+            raise ValueError(f"pulse width a must be > 0, got {width}")
+        if pulse not in PULSES:
+            raise ValueError(f"unknown pulse {pulse!r}; choose one of {', '.join(PULSES)}")
+        self.space = space
+        self.window = 0.0 if space.states == 2 else float(window)
+        self.kind = pulse
+        self.width = float(width)
+        self.step = float(step) if step is not None else space.dz
+        if self.step <= 0:
+            raise ValueError(f"step width s must be > 0, got {self.step}")
+
+    @property
+    def jump(self) -> float:
+        """Height of every jump: dz (2 for binary)."""
+        return self.space.dz
+
+    @property
+    def thresholds(self) -> list[float]:
+        """t_k = r + (k-1) s, k = 1..K (binary: [0])."""
+        return [self.window + k * self.step for k in range(self.space.max_code)]
+
+    def levels(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward value phi(x)."""
+        if self.space.states == 2:
+            return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        count = torch.ceil((x.abs() - self.window) / self.step).clamp_(0, self.space.max_code)
+        return torch.sign(x) * count * self.space.dz
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of the pulses at every threshold: the surrogate dphi/dx."""
+        d = x.abs() - self.window  # distance past the first threshold
+        k_max = self.space.max_code - 1
+        reach = math.ceil(self.width / self.step)  # pulses that can overlap a point
+        nearest = torch.round(d / self.step).clamp_(0, k_max)
+        grad = torch.zeros_like(x)
+        for offset in range(-reach, reach + 1):
+            k = nearest + offset
+            valid = (k >= 0) & (k <= k_max)
+            distance = (d - k * self.step).abs()
+            grad += torch.where(valid, pulse(distance, self.jump, self.width, self.kind), 0.0)
+        return grad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _MultiStepFn.apply(x, self)
+
+    def extra_repr(self) -> str:
+        return f"{self.space}, r={self.window}, pulse={self.kind}, a={self.width}, s={self.step}"
+
+
+FLOAT_ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh, "identity": nn.Identity}
+
+
+def make_activation(states: int | None, window: float = 0.5, pulse: str = "rect", width: float = 0.5,
+                    step: float | None = None, float_act: str = "relu") -> nn.Module:
+    """phi for a discrete activation space, or an ordinary activation when ``states`` is None."""
+    if states is None:
+        if float_act not in FLOAT_ACTIVATIONS:
+            raise ValueError(f"unknown float activation {float_act!r}; choose one of {', '.join(FLOAT_ACTIVATIONS)}")
+        return FLOAT_ACTIVATIONS[float_act]()
+    return MultiStep(Space(states), window, pulse, width, step)

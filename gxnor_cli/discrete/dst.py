@@ -1,0 +1,230 @@
+"""Discrete State Transition (DST): train discrete weights with no hidden float weights.
+
+One step, for every discrete weight W with proposed real increment dW (method.md s. 3):
+
+    kappa = trunc(dW / dz)            integer part, toward zero
+    nu    = dW - kappa dz             remainder, same sign as dW, |nu| < dz
+    tau   = tanh(m |nu| / dz)         transition probability, m = nonlinear factor
+    b     ~ Bernoulli(tau)            independent per weight and step
+    W    <- clip(W + (kappa + sign(nu) b) dz, -1, 1)
+
+so W is always a state of its space and never moves against dW.  With m > 1 the rule
+is biased toward moving; it is not unbiased stochastic rounding.
+
+dW comes from a *step rule*, chosen by name:
+
+    sgd    dW = -lr g                                 (the paper; no state)
+    rms    dW = -lr g / (sqrt(v) + eps),  v = mean(g^2) over the tensor, optionally an
+           EMA over steps with factor beta              (ours; O(1) state per tensor)
+    adam   dW = -lr_t m / (sqrt(v) + eps), Adam moments m, v per weight, lr_t with
+           bias correction as in Lasagne                (the authors' code; 8 B/weight)
+
+:class:`DST` installs itself as the gradient *sink* of every discrete layer: the layer
+hands it one block of weight gradient at a time during backward and the states change
+right there (see :mod:`.layers`), so no float weight or whole-tensor gradient persists.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .layers import DiscreteLayer, discrete_layers
+from .space import Space
+
+RULES = ("adam", "sgd", "rms")
+
+
+def transition(code: torch.Tensor, dw: torch.Tensor, space: Space, m: float,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """New codes after one DST step of the codes ``code`` by the real increments ``dw``."""
+    q = dw / space.dz
+    kappa = torch.trunc(q)
+    nu = q - kappa  # remainder in units of dz, |nu| < 1
+    u = torch.rand(q.shape, generator=generator, device=q.device, dtype=q.dtype)
+    moved = torch.where(u < torch.tanh(nu.abs() * m), torch.sign(nu), 0.0)
+    limit = 2 * space.max_code  # no move is longer than the whole space
+    delta = (kappa + moved).clamp_(-limit, limit) * space.code_step
+    return (code + delta).clamp_(-space.max_code, space.max_code).to(torch.int8)
+
+
+class StepRule:
+    """Proposes dW from a gradient block; may keep state per layer."""
+
+    def __init__(self, lr: float):
+        self.lr = lr
+
+    def begin(self, key: str, layer: DiscreteLayer, x: torch.Tensor, grad_out: torch.Tensor) -> None:
+        """Start of a layer's backward (whole-step statistics go here)."""
+
+    def propose(self, key: str, layer: DiscreteLayer, rows: slice, grad: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state kept between steps."""
+        return 0
+
+
+class SGDRule(StepRule):
+    """dW = -lr g."""
+
+    def propose(self, key, layer, rows, grad):
+        return grad.mul_(-self.lr)
+
+
+class RMSRule(StepRule):
+    """dW = -lr g / (sqrt(v) + eps), v the (EMA of the) mean square of g over the tensor."""
+
+    def __init__(self, lr: float, beta: float = 0.0, eps: float = 1e-12):
+        super().__init__(lr)
+        self.beta, self.eps = beta, eps
+        self.v: dict[str, torch.Tensor] = {}
+        self.t: dict[str, int] = {}
+        self.scale: dict[str, torch.Tensor] = {}
+
+    def begin(self, key, layer, x, grad_out):
+        v = layer.grad_sq_norm(x, grad_out) / layer.num_weights
+        if self.beta > 0:  # EMA over steps, bias-corrected; one scalar per tensor
+            t = self.t.get(key, 0) + 1
+            v = self.v.get(key, torch.zeros_like(v)) * self.beta + (1 - self.beta) * v
+            self.v[key], self.t[key] = v, t
+            v = v / (1 - self.beta**t)
+        self.scale[key] = -self.lr / (v.sqrt() + self.eps)
+
+    def propose(self, key, layer, rows, grad):
+        return grad.mul_(self.scale[key])
+
+    def state_dict(self):
+        return {"v": dict(self.v), "t": dict(self.t)}
+
+    def load_state_dict(self, state):
+        self.v, self.t = dict(state.get("v", {})), dict(state.get("t", {}))
+
+    def state_bytes(self):
+        return sum(v.numel() * v.element_size() for v in self.v.values())
+
+
+class AdamRule(StepRule):
+    """Adam moments per weight (fp32 m and v: 8 bytes per weight), Lasagne's update."""
+
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        super().__init__(lr)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.m: dict[str, torch.Tensor] = {}
+        self.v: dict[str, torch.Tensor] = {}
+        self.t: dict[str, int] = {}
+
+    def begin(self, key, layer, x, grad_out):
+        if key not in self.m:
+            self.m[key] = torch.zeros(layer.state.shape, device=x.device)
+            self.v[key] = torch.zeros(layer.state.shape, device=x.device)
+        self.t[key] = self.t.get(key, 0) + 1
+
+    def propose(self, key, layer, rows, grad):
+        t = self.t[key]
+        m, v = self.m[key][rows], self.v[key][rows]
+        m.mul_(self.beta1).add_(grad, alpha=1 - self.beta1)
+        v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        lr_t = self.lr * math.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
+        return torch.div(m, v.sqrt().add_(self.eps)).mul_(-lr_t)
+
+    def state_dict(self):
+        return {"m": dict(self.m), "v": dict(self.v), "t": dict(self.t)}
+
+    def load_state_dict(self, state):
+        self.m, self.v, self.t = dict(state["m"]), dict(state["v"]), dict(state["t"])
+
+    def state_bytes(self):
+        return sum(t.numel() * t.element_size() for d in (self.m, self.v) for t in d.values())
+
+
+def make_rule(name: str, lr: float, **kw) -> StepRule:
+    """Step rule by name: adam | sgd | rms (keyword settings go to its constructor)."""
+    rules = {"adam": AdamRule, "sgd": SGDRule, "rms": RMSRule}
+    if name not in rules:
+        raise ValueError(f"unknown DST rule {name!r}; choose one of {', '.join(RULES)}")
+    return rules[name](lr, **kw)
+
+
+class DST:
+    """DST over every discrete layer of ``model``; updates happen during ``backward()``.
+
+    ``lr`` may be changed between steps (schedules).  Draws come from a generator seeded
+    with ``seed`` on the layers' device, so runs are reproducible on CPU and CUDA.
+    """
+
+    def __init__(self, model: nn.Module, rule: str = "adam", lr: float = 0.01, m: float = 3.0,
+                 seed: int = 0, **rule_kw):
+        if m <= 0:
+            raise ValueError(f"nonlinear factor m must be > 0, got {m}")
+        self.layers = discrete_layers(model)
+        if not self.layers:
+            raise ValueError("the model has no discrete layers to train with DST")
+        self.names = {id(layer): name for name, layer in self.layers}
+        self.rule = make_rule(rule, lr, **rule_kw)
+        self.m = m
+        device = self.layers[0][1].state.device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self._changed = {name: torch.zeros((), dtype=torch.long, device=device) for name, _ in self.layers}
+        self._updates = {name: 0 for name, _ in self.layers}
+        for _, layer in self.layers:
+            layer.sink = self
+
+    @property
+    def lr(self) -> float:
+        return self.rule.lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.rule.lr = value
+
+    # -- the sink protocol (called by the layers during backward) ---------------
+    def begin(self, layer: DiscreteLayer, x: torch.Tensor, grad_out: torch.Tensor) -> None:
+        name = self.names[id(layer)]
+        self.rule.begin(name, layer, x, grad_out)
+        self._updates[name] += layer.num_weights
+
+    def __call__(self, layer: DiscreteLayer, rows: slice, grad: torch.Tensor) -> None:
+        name = self.names[id(layer)]
+        dw = self.rule.propose(name, layer, rows, grad)
+        block = layer.state[rows]
+        new = transition(block, dw, layer.space, self.m, self.generator)
+        self._changed[name] += (new != block).sum()
+        block.copy_(new)
+
+    # -- bookkeeping ------------------------------------------------------------
+    def transition_rates(self, reset: bool = True) -> dict[str, float]:
+        """Per layer: share of (weight, step) pairs whose state changed since the last reset."""
+        rates = {name: (self._changed[name].item() / self._updates[name]) if self._updates[name] else 0.0
+                 for name in self._changed}
+        if reset:
+            for name in self._changed:
+                self._changed[name].zero_()
+                self._updates[name] = 0
+        return rates
+
+    def state_bytes(self) -> int:
+        return self.rule.state_bytes()
+
+    def state_dict(self) -> dict:
+        return {"rule": self.rule.state_dict(), "lr": self.rule.lr, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rule.load_state_dict(state["rule"])
+        self.rule.lr = state["lr"]
+        self.generator.set_state(state["generator"])
+
+    def detach(self) -> None:
+        """Stop updating: layers go back to accumulating ``weight_grad``."""
+        for _, layer in self.layers:
+            layer.sink = None

@@ -1,0 +1,225 @@
+"""Discrete Linear and Conv2d layers whose only weight storage is int8 state codes.
+
+A discrete layer holds ``state`` (int8 buffer, codes of its weight space, see
+:mod:`.space`) and no float weight.  The float weight W = code * unit exists only
+transiently, one block of output rows at a time, inside forward and backward; autograd
+keeps the int8 codes, never a float copy.
+
+Backward computes, block by block,
+
+    dL/dx  += g[:, rows] @ W[rows]            (with the codes as they were)
+    dL/dW[rows] = g[:, rows]^T @ x            (handed to the layer's ``sink``)
+
+and hands each weight-gradient block to ``layer.sink(layer, rows, grad)`` as soon as it
+exists.  The DST optimizer installs itself as the sink and updates the states right
+there, so no full-size float gradient of the layer is ever alive.  Without a sink the
+gradient is accumulated into ``layer.weight_grad`` like an ordinary ``.grad``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .space import Space
+
+#: Default number of float weights materialised at once (4 MiB of fp32).
+CHUNK_ELEMS = 1 << 20
+
+Sink = Callable[["DiscreteLayer", slice, torch.Tensor], None]
+
+
+class _DiscreteFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, anchor, layer: "DiscreteLayer"):
+        ctx.layer = layer
+        ctx.save_for_backward(x)
+        outs = [layer.apply_rows(x, rows, layer.weight_rows(rows)) for rows in layer.row_blocks()]
+        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        layer: DiscreteLayer = ctx.layer
+        blocks = layer.row_blocks()
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            for rows in blocks:
+                part = layer.input_grad(x, grad_out[:, rows], layer.weight_rows(rows))
+                grad_x = part if grad_x is None else grad_x.add_(part)
+        if layer.training_states:
+            layer.begin_backward(x, grad_out)
+            for rows in blocks:
+                layer.deliver(rows, layer.weight_grad_rows(x, grad_out[:, rows], rows))
+        return grad_x, None, None
+
+
+class DiscreteLayer(nn.Module):
+    """Common part of the discrete layers: the state buffer, its space and the sink."""
+
+    def __init__(self, states: int, shape: tuple[int, ...], init_scale: float = 1.0,
+                 chunk_elems: int = CHUNK_ELEMS, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.space = Space(states)
+        self.register_buffer("state", torch.empty(shape, dtype=torch.int8))
+        self.chunk_elems = chunk_elems
+        self.sink: Optional[Sink] = None
+        self.weight_grad: Optional[torch.Tensor] = None
+        self.training_states = True  # False freezes the states (no weight gradient computed)
+        self.reset_states(init_scale, generator)
+
+    # -- states ---------------------------------------------------------------
+    @torch.no_grad()
+    def reset_states(self, scale: float = 1.0, generator: Optional[torch.Generator] = None) -> None:
+        """Draw W ~ U(-scale, scale) and project it onto the space, block by block."""
+        for rows in self.row_blocks():
+            block = self.state[rows]
+            u = torch.rand(block.shape, generator=generator, device=block.device) * (2 * scale) - scale
+            block.copy_(self.space.to_code(u))
+
+    @property
+    def num_weights(self) -> int:
+        return self.state.numel()
+
+    def weight(self) -> torch.Tensor:
+        """The whole float weight (for inspection and export; training never needs it)."""
+        return self.space.to_value(self.state)
+
+    def weight_rows(self, rows: slice) -> torch.Tensor:
+        return self.space.to_value(self.state[rows])
+
+    def row_blocks(self) -> list[slice]:
+        """Blocks of output rows with at most ``chunk_elems`` weights each."""
+        out = self.state.shape[0]
+        per_row = max(1, self.state[0].numel())
+        size = max(1, min(out, self.chunk_elems // per_row))
+        return [slice(i, min(i + size, out)) for i in range(0, out, size)]
+
+    # -- gradient delivery ----------------------------------------------------
+    def begin_backward(self, x: torch.Tensor, grad_out: torch.Tensor) -> None:
+        """Called once per backward before the blocks: lets a sink see the whole step."""
+        begin = getattr(self.sink, "begin", None)
+        if begin is not None:
+            begin(self, x, grad_out)
+
+    def deliver(self, rows: slice, grad: torch.Tensor) -> None:
+        if self.sink is not None:
+            self.sink(self, rows, grad)
+            return
+        if self.weight_grad is None:
+            self.weight_grad = torch.zeros(self.state.shape, dtype=grad.dtype, device=grad.device)
+        self.weight_grad[rows] += grad
+
+    def grad_sq_norm(self, x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+        """||dL/dW||_F^2 of the whole tensor, without materialising dL/dW at once."""
+        total = torch.zeros((), device=x.device)
+        for rows in self.row_blocks():
+            total += self.weight_grad_rows(x, grad_out[:, rows], rows).square().sum()
+        return total
+
+    # -- layer-specific math ----------------------------------------------------
+    def apply_rows(self, x, rows, w):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def input_grad(self, x, g, w):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def weight_grad_rows(self, x, g, rows):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and (x.requires_grad or self.training_states)):
+            with torch.no_grad():
+                return _DiscreteFn.forward(_NoCtx(), x, None, self)
+        # The states are int8 and cannot require grad; an empty leaf that does keeps
+        # this node in the graph so backward reaches it even when x needs no grad.
+        anchor = torch.empty(0, device=x.device, requires_grad=self.training_states)
+        return _DiscreteFn.apply(x, anchor, self)
+
+
+class _NoCtx:
+    """Stand-in for autograd's ctx when no graph is needed (eval, no_grad)."""
+
+    def save_for_backward(self, *tensors):
+        pass
+
+
+class DiscreteLinear(DiscreteLayer):
+    """y = x W^T with W in the space of ``states`` (no bias: a BatchNorm follows)."""
+
+    def __init__(self, in_features: int, out_features: int, states: int, **kw):
+        self.in_features, self.out_features = in_features, out_features
+        super().__init__(states, (out_features, in_features), **kw)
+
+    def apply_rows(self, x, rows, w):
+        return x @ w.t()
+
+    def input_grad(self, x, g, w):
+        return g @ w
+
+    def weight_grad_rows(self, x, g, rows):
+        return g.t() @ x
+
+    def grad_sq_norm(self, x, grad_out):
+        """||g^T x||_F^2 = <g g^T, x x^T>: exact and cheap while batch^2 < in*out."""
+        if x.shape[0] ** 2 < self.num_weights:
+            return ((grad_out @ grad_out.t()) * (x @ x.t())).sum()
+        return super().grad_sq_norm(x, grad_out)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}, {self.space}"
+
+
+class DiscreteConv2d(DiscreteLayer):
+    """2-D convolution (stride 1) with weights in the space of ``states`` (no bias)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, states: int,
+                 padding: int = 0, **kw):
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.padding = kernel_size, padding
+        super().__init__(states, (out_channels, in_channels, kernel_size, kernel_size), **kw)
+
+    def apply_rows(self, x, rows, w):
+        return F.conv2d(x, w, padding=self.padding)
+
+    def input_grad(self, x, g, w):
+        return torch.nn.grad.conv2d_input(x.shape, w, g, padding=self.padding)
+
+    def weight_grad_rows(self, x, g, rows):
+        shape = (g.shape[1],) + tuple(self.state.shape[1:])
+        return torch.nn.grad.conv2d_weight(x, shape, g, padding=self.padding)
+
+    def output_size(self, size: int) -> int:
+        return size + 2 * self.padding - self.kernel_size + 1
+
+    def extra_repr(self) -> str:
+        k = self.kernel_size
+        return f"{self.in_channels} -> {self.out_channels}, {k}x{k}, pad={self.padding}, {self.space}"
+
+
+def discrete_layers(model: nn.Module) -> list[tuple[str, DiscreteLayer]]:
+    """(name, layer) of every discrete layer of ``model``, in definition order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, DiscreteLayer)]
+
+
+def fan_in(layer: DiscreteLayer) -> int:
+    return math.prod(layer.state.shape[1:])
+
+
+def summarize(model: nn.Module) -> list[dict]:
+    """Per discrete layer: states, weights, bits per weight, packed bytes at rest, zero share.
+
+    Bytes at rest = ceil(weights * ceil(log2(states)) / 8): the layer packed at its true
+    bit width (the int8 training buffer is ``weights`` bytes).
+    """
+    rows = []
+    for name, layer in discrete_layers(model):
+        n, bits = layer.num_weights, layer.space.bits
+        zeros = (layer.state == 0).sum().item() if layer.space.states > 2 else 0
+        rows.append({"layer": name, "states": layer.space.states, "weights": n, "bits": bits,
+                     "bytes": math.ceil(n * bits / 8), "zero_frac": zeros / n})
+    return rows

@@ -1,0 +1,163 @@
+"""DST against its definition (method.md s. 3): states, direction, integer parts, tanh law."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gxnor_cli.discrete import DST, DiscreteConv2d, DiscreteLinear, Space, transition
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("states", [2, 3, 5, 9])
+def test_always_a_state_and_never_against_dw(states):
+    space = Space(states)
+    g = gen(1)
+    code = space.to_code(torch.rand(4000, generator=g) * 2 - 1)
+    for _ in range(20):
+        dw = torch.randn(4000, generator=g) * 1.5
+        new = transition(code, dw, space, m=3.0, generator=g)
+        assert new.dtype == torch.int8
+        assert torch.isin(new, space.codes()).all()
+        assert ((new.float() - code.float()) * dw >= 0).all()
+        code = new
+
+
+def test_integer_parts_move_deterministically():
+    # 9 states, dz = 0.25: dW = 0.6 -> kappa = 2 codes, remainder 0.4 dz
+    space = Space(9)
+    code = torch.full((5000,), -4, dtype=torch.int8)
+    new = transition(code, torch.full((5000,), 0.6), space, 3.0, gen())
+    assert set(new.tolist()) == {-2, -1}
+    # exact multiples of dz never draw: dW = 1.0 on 5 states is exactly 2 codes
+    new = transition(torch.full((100,), -2, dtype=torch.int8), torch.full((100,), 1.0), Space(5), 3.0, gen())
+    assert set(new.tolist()) == {0}
+    # negative increments: trunc toward zero, -0.6 -> -2 codes, maybe one more
+    new = transition(torch.zeros(5000, dtype=torch.int8), torch.full((5000,), -0.6), space, 3.0, gen())
+    assert set(new.tolist()) == {-2, -3}
+
+
+@pytest.mark.parametrize("states, dw, m", [(3, 0.3, 3.0), (3, -0.1, 3.0), (5, 0.1, 3.0), (9, 0.1, 1.0), (2, 1.0, 3.0)])
+def test_transition_frequency_matches_tanh(states, dw, m):
+    space = Space(states)
+    n = 40000
+    start = 0 if states > 2 else (-1 if dw > 0 else 1)
+    code = torch.full((n,), start, dtype=torch.int8)
+    new = transition(code, torch.full((n,), dw), space, m, gen(7))
+    nu = abs(dw) / space.dz  # |dw| < dz here, so kappa = 0
+    p = math.tanh(m * nu)
+    freq = (new != code).float().mean().item()
+    assert abs(freq - p) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_clipping_at_plus_minus_one():
+    space = Space(3)
+    up = transition(torch.ones(10, dtype=torch.int8), torch.full((10,), 5.0), space, 3.0, gen())
+    down = transition(-torch.ones(10, dtype=torch.int8), torch.full((10,), -500.0), space, 3.0, gen())
+    assert up.tolist() == [1] * 10 and down.tolist() == [-1] * 10
+    big = transition(torch.zeros(10, dtype=torch.int8), torch.full((10,), 1e9), Space(129), 3.0, gen())
+    assert big.tolist() == [64] * 10
+
+
+def mlp(states=3, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(DiscreteLinear(16, 32, states, chunk_elems=100), nn.BatchNorm1d(32), nn.ReLU(),
+                         DiscreteLinear(32, 4, states))
+
+
+def train_steps(rule, steps=5, seed=0, states=3, lr=0.5):
+    model = mlp(states)
+    dst = DST(model, rule=rule, lr=lr, seed=seed)
+    g = gen(3)
+    for _ in range(steps):
+        x = torch.randn(8, 16, generator=g)
+        model(x).square().mean().backward()
+    return model, dst
+
+
+@pytest.mark.parametrize("rule", ["adam", "sgd", "rms"])
+def test_same_seed_same_result_and_states_move(rule):
+    a, _ = train_steps(rule, seed=11, lr=50.0 if rule == "sgd" else 0.5)
+    b, dst = train_steps(rule, seed=11, lr=50.0 if rule == "sgd" else 0.5)
+    c, _ = train_steps(rule, seed=12, lr=50.0 if rule == "sgd" else 0.5)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a[0].state, c[0].state)
+    assert 0 < dst.transition_rates()["0"] < 1
+    assert torch.equal(a[0].state, a[0].state)  # states are int8 codes of the space
+    assert torch.isin(a[0].state, Space(3).codes()).all()
+
+
+def test_sgd_update_matches_the_rule_on_a_known_gradient():
+    """dW = -lr g, then the transition law: with lr g an exact multiple of dz, no draw is involved."""
+    layer = DiscreteLinear(2, 1, 5)
+    layer.state.zero_()
+    DST(layer, rule="sgd", lr=1.0)
+    x = torch.tensor([[1.0, -0.5]])
+    layer(x).sum().backward()  # g = x -> dW = [-1.0, +0.5] -> codes 0 - 2 = -2, 0 + 1 = 1
+    assert layer.state.tolist() == [[-2, 1]]
+
+
+def test_rms_normalises_by_per_tensor_rms():
+    layer = DiscreteLinear(2, 1, 9)
+    layer.state.zero_()
+    DST(layer, rule="rms", lr=0.5)
+    # g = [3, 4] -> rms = sqrt(12.5); dW = -0.5 g / rms = [-0.4243, -0.5657]; dz = 0.25
+    x = torch.tensor([[3.0, 4.0]])
+    layer(x).sum().backward()
+    dw = torch.tensor([3.0, 4.0]) * -0.5 / math.sqrt(12.5)
+    kappa = torch.trunc(dw / 0.25)
+    got = layer.state[0].float()
+    assert torch.all((got == kappa) | (got == kappa - 1))
+
+
+def test_linear_grad_sq_norm_gram_identity_is_exact():
+    layer = DiscreteLinear(40, 30, 3)
+    x, g = torch.randn(5, 40), torch.randn(5, 30)
+    assert layer.grad_sq_norm(x, g).item() == pytest.approx((g.t() @ x).square().sum().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("rule, per_weight", [("adam", 8), ("sgd", 0), ("rms", 0)])
+def test_optimizer_state_bytes(rule, per_weight):
+    model, dst = train_steps(rule, steps=2)
+    n = sum(m.num_weights for m in model if isinstance(m, DiscreteLinear))
+    assert dst.state_bytes() == per_weight * n
+
+
+def test_state_dict_holds_int8_states_and_no_float_weight():
+    model = nn.Sequential(DiscreteConv2d(1, 4, 3, 3), DiscreteLinear(8, 2, 5))
+    sd = model.state_dict()
+    assert set(sd) == {"0.state", "1.state"}
+    assert all(t.dtype == torch.int8 for t in sd.values())
+    assert not list(model.parameters())
+
+
+def test_dst_checkpoint_round_trip_continues_identically():
+    model, dst = train_steps("adam", steps=3)
+    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+    saved_dst = copy.deepcopy(dst.state_dict())  # like torch optimizers, it holds references
+    x = torch.randn(8, 16, generator=gen(9))
+
+    def one_more(m, d):
+        m(x).square().mean().backward()
+        return m[0].state.clone()
+
+    first = one_more(model, dst)
+    model2 = mlp()
+    model2.load_state_dict(saved_model)
+    dst2 = DST(model2, rule="adam", lr=0.5)
+    dst2.load_state_dict(saved_dst)
+    assert torch.equal(one_more(model2, dst2), first)
+
+
+def test_conv_layer_trains_with_dst():
+    torch.manual_seed(0)
+    conv = DiscreteConv2d(2, 3, 3, 3, padding=1)
+    before = conv.state.clone()
+    DST(conv, rule="adam", lr=1.0)
+    conv(torch.randn(4, 2, 5, 5)).square().sum().backward()
+    assert not torch.equal(before, conv.state)
