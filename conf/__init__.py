@@ -1,0 +1,1 @@
+"""gxnor's Hydra configs (installed as gxnor_cli/conf so they work from any cwd)."""

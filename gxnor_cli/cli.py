@@ -1,0 +1,218 @@
+"""The `gxnor` command line (the only module that imports typer).
+
+Exit codes: 0 ok; 1 the run failed; 2 usage, config or input error (one line on
+stderr); 130 interrupted.  Heavy imports (torch, hydra, mlflow) happen inside commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from . import __version__
+
+CONFIG_HELP = """\
+Configuration is composed by Hydra from conf/ and overridden with key=value words.
+
+Groups (pick one option):  data=digits|mnist|fashion_mnist|cifar10|svhn
+  model=digits_net|mnist_net|cifar_net   quant=gxnor|bnn|twn|multilevel|float
+  dst=adam|sgd|rms   optim=default   trainer=default   tracking=default
+
+Keys (set a value):  quant.weight_states=3  quant.act_states=3  quant.window=0.5
+  quant.pulse=rect|tri  quant.pulse_width=0.5  dst.m=3  optim.lr=0.01
+  optim.lr_end=1e-4  optim.schedule=exp|cosine|step|constant  trainer.epochs=30
+  trainer.batch_size=64  trainer.seed=0  trainer.device=auto|cpu|cuda
+  model.arch=32C5-MP2-64C5-MP2-512FC-10  data.root=DIR  data.download=true
+  tracking.uri=URI  tracking.experiment=NAME
+
+State counts are 2 (binary) or 2^N+1 (3, 5, 9, ...); null means full precision."""
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help=f"gxnor {__version__}: train, evaluate, export and sweep networks whose weights and "
+                       "activations live in small discrete spaces (GXNOR-Net).")
+err = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr, then exit."""
+    print(f"gxnor: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _progress(total: int, first: int = 0):
+    """A per-epoch callback: a rich bar on a terminal, else one plain line per epoch."""
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.fields[status]}"), console=err, transient=False)
+        task = bar.add_task("train", total=total, completed=first, status="")
+        bar.start()
+
+        def update(m: dict) -> None:
+            bar.update(task, completed=m["epoch"], status=f"loss {m['train_loss']:.4f}  val {m['val_acc']:.4f}")
+
+        return update, bar.stop
+    return (lambda m: print(_epoch_line(m, total), file=sys.stderr, flush=True)), (lambda: None)
+
+
+def _epoch_line(m: dict, total: int) -> str:
+    parts = [f"epoch {m['epoch']}/{total}", f"loss {m['train_loss']:.4f}", f"train {m['train_acc']:.4f}",
+             f"val {m['val_acc']:.4f}", f"lr {m['lr']:.3g}", f"{m['epoch_time_s']:.1f}s"]
+    if "resting_prob" in m:
+        parts.append(f"resting {m['resting_prob']:.3f}")
+    return "  ".join(parts)
+
+
+@app.command(epilog=CONFIG_HELP)
+def train(
+    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides, e.g. quant.window=0.7 data=mnist"),
+    config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Use your own conf/ instead of gxnor's."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
+):
+    """Train a network; every run is logged to MLflow (gxnor ui to browse).
+
+    Examples:
+
+      gxnor train
+
+      gxnor train data=fashion_mnist model=mnist_net trainer.epochs=20
+
+      gxnor train quant=multilevel quant.window=0.25 dst=rms
+    """
+    from .config import load_config
+    from .runner import train_run
+
+    overrides = list(overrides or [])
+    cfg = load_config(overrides, config_dir)
+    stop = [lambda: None]
+
+    def started(run_id: str, run_cfg) -> None:
+        q = run_cfg.quant
+        print(f"run {run_id}  {run_cfg.data.name}  {run_cfg.model.arch}  W{q.weight_states}/A{q.act_states}  "
+              f"dst={run_cfg.dst.rule}", file=sys.stderr, flush=True)
+        progress[0], stop[0] = _progress(run_cfg.trainer.epochs)
+
+    progress = [None]
+    try:
+        result = train_run(cfg, overrides, on_epoch=lambda m: progress[0](m), on_start=started,
+                           tags={"gxnor.command": "train"})
+    finally:
+        stop[0]()
+    if json_out:
+        print(json.dumps(result, indent=1))
+        return
+    from .report import table
+
+    keys = ["test_acc", "best_val_acc", "best_epoch", "test_resting_prob", "test_act_zero_frac",
+            "test_weight_zero_frac"]
+    table("result", ["metric", "value"], [(k, result[k]) for k in keys if k in result], out)
+    out.print(f"run id     {result['run_id']}\ncheckpoint {result['checkpoint']}\n"
+              f"tracking   {result['tracking_uri']}", highlight=False)
+
+
+@app.command("eval")
+def evaluate_cmd(
+    run: str = typer.Argument(..., help="MLflow run id, run directory or checkpoint file."),
+    split: str = typer.Option("test", help="train | val | test"),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    out_dir: str = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs (checkpoints, mlflow.db)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Read the dataset from here instead."),
+    batch_size: int = typer.Option(1000, min=1),
+):
+    """Accuracy, per-layer sparsity and resting probability of a trained run on a data split."""
+    from . import checkpoint
+    from .config import Config, from_dict
+    from .data import load_data
+    from .discrete import summarize
+    from .evaluate import evaluate_split
+    from .models import model_from_config
+    from .runner import locate_checkpoint
+
+    if split not in ("train", "val", "test"):
+        fail(f"--split must be train, val or test; got {split!r}")
+    base = Config()
+    base.trainer.out_dir = out_dir
+    payload = checkpoint.load(locate_checkpoint(run, base, "best.pt"))
+    cfg = from_dict(payload["config"])
+    data = load_data(cfg.data.name, data_root or cfg.data.root, False, cfg.trainer.val_fraction, cfg.trainer.seed)
+    model = model_from_config(cfg, data.shape, data.num_classes)
+    model.load_state_dict(payload["model"])
+    metrics = evaluate_split(model, data, split, batch_size)
+    layers = {}
+    for row in summarize(model):
+        name = f"layer{row['layer'].split('.')[0]}"
+        layers[name] = {"layer": name, **{k: v for k, v in row.items() if k not in ("layer", "zero_frac")}}
+    for key, value in metrics.items():
+        if "." in key:
+            name, metric = key.split(".", 1)
+            layers.setdefault(name, {"layer": name})[metric] = value
+    result = {"run": run, "split": split, "samples": len(data.split(split)), "acc": metrics["acc"],
+              **{k: v for k, v in metrics.items() if "." not in k and k != "acc"}, "layers": list(layers.values())}
+    if json_out:
+        print(json.dumps(result, indent=1))
+        return
+    from .report import table
+
+    table(f"{split} split of {cfg.data.name} ({result['samples']} samples)", ["metric", "value"],
+          [(k, v) for k, v in result.items() if isinstance(v, float)], out)
+    cols = ["layer", "states", "weights", "weight_zero_frac", "act_zero_frac", "resting_prob"]
+    table("per layer", cols, [[row.get(c) for c in cols] for row in result["layers"]], out)
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
+    out_dir: str = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs."),
+    uri: Optional[str] = typer.Option(None, help="Tracking URI (default: sqlite:///<runs-dir>/mlflow.db)."),
+):
+    """Open the MLflow UI for gxnor's runs on http://127.0.0.1:PORT (job execution off)."""
+    from .tracking import serve_ui, tracking_uri
+
+    store = tracking_uri(uri, out_dir)
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_file():
+        fail(f"no runs yet: {store} does not exist (run gxnor train first)")
+    err.print(f"MLflow UI on http://127.0.0.1:{port} for {store} (Ctrl-C to stop)", highlight=False)
+    raise typer.Exit(serve_ui(store, out_dir, port))
+
+
+@app.callback(invoke_without_command=True)
+def main_options(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
+    if version:
+        print(f"gxnor {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    """Console-script entry: maps errors to exit codes and one-line messages."""
+    from .errors import UserError
+
+    try:
+        app(standalone_mode=False)
+    except UserError as error:
+        print(f"gxnor: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        print("gxnor: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as usage:  # click usage errors: unknown option, missing argument
+        message = usage.format_message() if hasattr(usage, "format_message") else str(usage)
+        print(f"gxnor: error: {message}", file=sys.stderr)
+        sys.exit(getattr(usage, "exit_code", 2))
+    except Exception:
+        traceback.print_exc()
+        print("gxnor: error: the run failed (traceback above)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

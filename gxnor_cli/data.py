@@ -1,0 +1,345 @@
+"""Datasets as in-memory uint8 tensors, split into train / val / test, and batches in [-1, 1].
+
+Formats read (each from its standard files in ``data.root``):
+
+    digits          scikit-learn's 8x8 digits (ships with scikit-learn, offline)
+    mnist, fashion_mnist   IDX files, plain or .gz (train-images-idx3-ubyte[.gz], ...)
+    cifar10         python batches (cifar-10-batches-py/, read with an unpickler that
+                    only rebuilds numpy arrays) or binary batches (cifar-10-batches-bin/)
+    svhn            train_32x32.mat, test_32x32.mat (MATLAB v5, read with scipy)
+
+Missing files are downloaded when ``data.download=true`` (checksums verified, written
+atomically); otherwise, and for corrupt files, a :class:`DataError` names what was
+expected and where.  Inputs are scaled to [-1, 1]: x = 2 v / v_max - 1.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib
+import os
+import pickle
+import struct
+import tarfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+# (url, md5) of the canonical files, as published by each dataset's authors.
+DOWNLOADS: dict[str, list[tuple[str, str]]] = {
+    "mnist": [(f"https://ossci-datasets.s3.amazonaws.com/mnist/{f}.gz", md5) for f, md5 in zip(IDX_FILES, (
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"))],
+    "fashion_mnist": [(f"http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/{f}.gz", md5)
+                      for f, md5 in zip(IDX_FILES, (
+                          "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                          "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"))],
+    "cifar10": [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")],
+    "svhn": [("http://ufldl.stanford.edu/housenumbers/train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
+             ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3")],
+}
+
+
+class DataError(UserError):
+    """Dataset files missing, unreadable or corrupt."""
+
+
+@dataclass
+class Split:
+    """Images (uint8, N x C x H x W) and integer labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    max_value: float  # raw value that maps to +1
+    num_classes: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one input."""
+        return tuple(self.train.images.shape[1:])
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise DataError(f"unknown split {name!r}; choose train, val or test")
+        return getattr(self, name)
+
+
+# -- files ---------------------------------------------------------------------------
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, md5: str, dest: Path) -> Path:
+    """Fetch ``url`` to ``dest`` (atomically: a .part file renamed once its md5 matches)."""
+    import urllib.error
+    import urllib.request
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                out.write(chunk)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        part.unlink(missing_ok=True)
+        raise DataError(f"could not download {url}: {getattr(err, 'reason', err)}; "
+                        f"place the file in {dest.parent} yourself") from None
+    got = _md5(part)
+    if got != md5:
+        part.unlink(missing_ok=True)
+        raise DataError(f"checksum mismatch for {url}: md5 {got}, expected {md5}")
+    os.replace(part, dest)
+    return dest
+
+
+def _ensure(name: str, root: Path, wanted: list[str], allow_download: bool) -> None:
+    """Download the dataset's files into ``root`` when asked and some are missing."""
+    if all(_find(root, w) for w in wanted) or not allow_download:
+        return
+    for url, md5 in DOWNLOADS[name]:
+        dest = root / url.rsplit("/", 1)[1]
+        if not dest.exists():
+            download(url, md5, dest)
+        if dest.name.endswith(".tar.gz"):
+            with tarfile.open(dest) as archive:
+                archive.extractall(root, filter="data")
+
+
+def _find(root: Path, stem: str) -> Optional[Path]:
+    for folder in (root, root / "raw"):
+        for candidate in (folder / stem, folder / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _missing(name: str, roots: list[Path], files: list[str]) -> DataError:
+    where = " or ".join(str(r) for r in roots)
+    return DataError(f"{name} files not found in {where}: expected {', '.join(files)}; "
+                     f"set data.root=<dir> or data.download=true")
+
+
+# -- formats -------------------------------------------------------------------------
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (plain or gzip) of unsigned bytes as an array of its declared shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise DataError(f"corrupt IDX file {path}: {err}") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise DataError(f"corrupt IDX file {path}: bad magic number (expected unsigned-byte IDX data)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"corrupt IDX file {path}: truncated header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != int(np.prod(shape)):
+        raise DataError(f"corrupt IDX file {path}: {len(raw) - header} data bytes for shape {shape}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def load_idx(name: str, roots: list[Path]) -> tuple[Split, Split]:
+    for root in roots:
+        paths = [_find(root, f) for f in IDX_FILES]
+        if all(paths):
+            break
+    else:
+        raise _missing(name, roots, [f"{f}[.gz]" for f in IDX_FILES])
+    arrays = [read_idx(p) for p in paths]
+    splits = []
+    for images, labels, path in ((arrays[0], arrays[1], paths[0]), (arrays[2], arrays[3], paths[2])):
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"corrupt IDX pair at {path}: {images.shape} images for {labels.shape} labels")
+        splits.append(Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))))
+    return splits[0], splits[1]
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists and numpy arrays only: no other class can be constructed."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return getattr(importlib.import_module(module), name)
+
+
+def _cifar_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as handle:
+            batch = _ArrayUnpickler(handle, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except Exception as err:  # any failure here means the file is not a CIFAR batch
+        raise DataError(f"corrupt CIFAR-10 batch {path}: {err}") from None
+    if len(data) != len(labels):
+        raise DataError(f"corrupt CIFAR-10 batch {path}: {len(data)} images, {len(labels)} labels")
+    return data, labels
+
+
+def _cifar_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise DataError(f"corrupt CIFAR-10 binary batch {path}: {raw.size} bytes is not a multiple of 3073")
+    rows = raw.reshape(-1, 3073)
+    return rows[:, 1:].reshape(-1, 3, 32, 32), rows[:, 0].astype(np.int64)
+
+
+def load_cifar10(roots: list[Path]) -> tuple[Split, Split]:
+    layouts = (("cifar-10-batches-py", "data_batch_{}", "test_batch", _cifar_python_batch),
+               ("cifar-10-batches-bin", "data_batch_{}.bin", "test_batch.bin", _cifar_binary_batch))
+    for root in roots:
+        for folder, train_name, test_name, reader in layouts:
+            for base in (root / folder, root):
+                files = [base / train_name.format(i) for i in range(1, 6)] + [base / test_name]
+                if all(f.is_file() for f in files):
+                    parts = [reader(f) for f in files]
+                    train = [np.concatenate([p[i] for p in parts[:5]]) for i in (0, 1)]
+                    return _split(*train), _split(*parts[5])
+    raise _missing("cifar10", roots, ["cifar-10-batches-py/data_batch_1..5 + test_batch (or -bin)"])
+
+
+def _split(images: np.ndarray, labels: np.ndarray) -> Split:
+    return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64)))
+
+
+def load_svhn(roots: list[Path]) -> tuple[Split, Split]:
+    from scipy.io import loadmat
+
+    for root in roots:
+        files = [root / "train_32x32.mat", root / "test_32x32.mat"]
+        if all(f.is_file() for f in files):
+            splits = []
+            for f in files:
+                try:
+                    mat = loadmat(f)
+                    images = np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.uint8)
+                    labels = mat["y"].reshape(-1).astype(np.int64) % 10  # SVHN labels digit 0 as 10
+                except Exception as err:  # scipy raises many types for a bad .mat
+                    raise DataError(f"corrupt SVHN file {f}: {err}") from None
+                if len(images) != len(labels):
+                    raise DataError(f"corrupt SVHN file {f}: {len(images)} images, {len(labels)} labels")
+                splits.append(_split(images, labels))
+            return splits[0], splits[1]
+    raise _missing("svhn", roots, ["train_32x32.mat", "test_32x32.mat"])
+
+
+def load_digits_splits() -> tuple[Split, Split]:
+    """scikit-learn's digits with a fixed 20% test split (seed 0)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    n_test = len(labels) // 5
+    return Split(images[order[n_test:]], labels[order[n_test:]]), Split(images[order[:n_test]], labels[order[:n_test]])
+
+
+# -- the entry point -------------------------------------------------------------------
+MAX_VALUE = {"digits": 16.0}
+
+
+def data_roots(name: str, root: Optional[str]) -> list[Path]:
+    roots = [Path(root).expanduser()] if root else [Path("data") / name]
+    if name == "fashion_mnist" and not root:
+        roots.append(DEBIAN_FASHION_MNIST)
+    return roots
+
+
+def load_data(name: str, root: Optional[str] = None, download_missing: bool = False,
+              val_fraction: float = 0.1, seed: int = 0, limit: Optional[int] = None) -> Dataset:
+    """Read dataset ``name`` and carve a seeded validation split from its training part."""
+    roots = data_roots(name, root)
+    if name == "digits":
+        train, test = load_digits_splits()
+    elif name in ("mnist", "fashion_mnist"):
+        _ensure(name, roots[0], list(IDX_FILES), download_missing)
+        train, test = load_idx(name, roots)
+    elif name == "cifar10":
+        if download_missing and not (roots[0] / "cifar-10-batches-py").is_dir():
+            _ensure(name, roots[0], ["cifar-10-python.tar.gz"], True)
+        train, test = load_cifar10(roots)
+    elif name == "svhn":
+        _ensure(name, roots[0], ["train_32x32.mat", "test_32x32.mat"], download_missing)
+        train, test = load_svhn(roots)
+    else:
+        raise DataError(f"unknown dataset {name!r}")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(len(train) * val_fraction)))
+    val, rest = train.subset(order[:n_val]), train.subset(order[n_val:])
+    if limit is not None:
+        rest = rest.subset(torch.arange(min(limit, len(rest))))
+    num_classes = int(max(train.labels.max(), test.labels.max()).item()) + 1
+    return Dataset(name, rest, val, test, MAX_VALUE.get(name, 255.0), num_classes)
+
+
+def scale(images: torch.Tensor, max_value: float) -> torch.Tensor:
+    """uint8 -> float in [-1, 1]."""
+    return images.float().mul_(2.0 / max_value).sub_(1.0)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) and horizontal flip, per sample."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    out = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def batches(split: Split, batch_size: int, max_value: float, generator: Optional[torch.Generator] = None,
+            augment_images: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Float batches in [-1, 1]; shuffled when ``generator`` is given (training)."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator).to(split.labels.device) if generator is not None else None
+    for start in range(0, n, batch_size):
+        index = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+        x = scale(split.images[index], max_value)
+        if augment_images and generator is not None:
+            x = augment(x, generator)
+        yield x, split.labels[index]

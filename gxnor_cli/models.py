@@ -1,0 +1,131 @@
+"""Networks from the paper's layer notation.
+
+    32C5-MP2-64C5-MP2-512FC-10
+    2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-1024FC-10
+
+``KxNCk``: K convolutions of N filters k x k (K defaults to 1); ``MPp``: p x p max-pool of
+the layer before; ``NFC``: dense layer of N units; the last token, a bare number, is the
+class count (a dense output layer).  Every hidden layer is
+
+    weights -> [max-pool] -> BatchNorm -> phi
+
+and the output layer is weights -> BatchNorm -> scores (no activation).  The first layer
+sees the real inputs.  Weights are discrete (int8 states) unless ``weight_states`` is None.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .discrete import DiscreteConv2d, DiscreteLinear, make_activation
+from .errors import UserError
+
+TOKEN = re.compile(r"(?:(\d+)x)?(\d+)C(\d+)|MP(\d+)|(?:(\d+)x)?(\d+)FC|(\d+)")
+
+
+@dataclass
+class LayerSpec:
+    kind: str  # "conv" | "fc" | "out"
+    units: int
+    kernel: int = 0
+    pool: int = 0
+
+
+def parse_arch(arch: str) -> list[LayerSpec]:
+    """Layer specs of a paper-style string; a UserError says what is wrong."""
+    specs: list[LayerSpec] = []
+    tokens = arch.replace(" ", "").split("-")
+    for i, token in enumerate(tokens):
+        match = TOKEN.fullmatch(token)
+        if not match:
+            raise UserError(f"model.arch {arch!r}: cannot read {token!r} (use e.g. 32C5, 2x128C3, MP2, 512FC, 10)")
+        conv_rep, filters, kernel, pool, fc_rep, units, classes = match.groups()
+        if pool:
+            if not specs or specs[-1].kind != "conv" or specs[-1].pool:
+                raise UserError(f"model.arch {arch!r}: MP{pool} must follow a convolution")
+            specs[-1].pool = int(pool)
+        elif filters:
+            specs += [LayerSpec("conv", int(filters), int(kernel)) for _ in range(int(conv_rep or 1))]
+        elif units:
+            specs += [LayerSpec("fc", int(units)) for _ in range(int(fc_rep or 1))]
+        elif i != len(tokens) - 1:
+            raise UserError(f"model.arch {arch!r}: the bare class count {token!r} must come last")
+        else:
+            specs.append(LayerSpec("out", int(classes)))
+    if not specs or specs[-1].kind != "out":
+        raise UserError(f"model.arch {arch!r} must end with the class count, e.g. '-10'")
+    if any(s.units < 1 or (s.kind == "conv" and s.kernel < 1) for s in specs):
+        raise UserError(f"model.arch {arch!r}: layer sizes must be >= 1")
+    if any(a.kind != "conv" and b.kind == "conv" for a, b in zip(specs, specs[1:])):
+        raise UserError(f"model.arch {arch!r}: convolutions must come before dense layers")
+    return specs
+
+
+class Block(nn.Module):
+    """weights -> [max-pool] -> BatchNorm -> [phi]; dense blocks flatten their input."""
+
+    def __init__(self, weight: nn.Module, norm: nn.Module, act: Optional[nn.Module], pool: int = 0):
+        super().__init__()
+        self.weight = weight
+        self.pool = nn.MaxPool2d(pool) if pool else None
+        self.norm = norm
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.weight, (nn.Linear, DiscreteLinear)) and x.dim() > 2:
+            x = x.flatten(1)
+        x = self.weight(x)
+        if self.pool is not None:
+            x = self.pool(x)
+        x = self.norm(x)
+        return self.act(x) if self.act is not None else x
+
+
+def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int, weight_states: Optional[int],
+                act_states: Optional[int], window: float = 0.5, pulse: str = "rect", pulse_width: float = 0.5,
+                step: Optional[float] = None, float_act: str = "relu", padding: int = 0, init_scale: float = 1.0,
+                bn_momentum: float = 0.1, bn_eps: float = 1e-4, seed: int = 0) -> nn.Sequential:
+    """The network of ``arch`` for inputs of ``in_shape`` (C, H, W); weights drawn with ``seed``."""
+    specs = parse_arch(arch)
+    if specs[-1].units != num_classes:
+        raise UserError(f"model.arch {arch!r} ends in {specs[-1].units} classes but the data has {num_classes}")
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # float layers' default init
+    channels, height, width = in_shape
+    features = None  # set once the first dense layer flattens
+    blocks = []
+    for spec in specs:
+        if spec.kind == "conv":
+            height, width = height + 2 * padding - spec.kernel + 1, width + 2 * padding - spec.kernel + 1
+            if spec.pool:
+                height, width = height // spec.pool, width // spec.pool
+            if height < 1 or width < 1:
+                raise UserError(f"model.arch {arch!r}: feature maps shrink to nothing on {in_shape[1]}x{in_shape[2]} "
+                                f"inputs (try model.padding=1 or a smaller kernel)")
+            weight = (DiscreteConv2d(channels, spec.units, spec.kernel, weight_states, padding=padding,
+                                     init_scale=init_scale, generator=generator)
+                      if weight_states else nn.Conv2d(channels, spec.units, spec.kernel, padding=padding, bias=False))
+            norm = nn.BatchNorm2d(spec.units, eps=bn_eps, momentum=bn_momentum)
+            channels = spec.units
+        else:
+            n_in = features if features is not None else channels * height * width
+            weight = (DiscreteLinear(n_in, spec.units, weight_states, init_scale=init_scale, generator=generator)
+                      if weight_states else nn.Linear(n_in, spec.units, bias=False))
+            norm = nn.BatchNorm1d(spec.units, eps=bn_eps, momentum=bn_momentum)
+            features = spec.units
+        act = None if spec.kind == "out" else make_activation(act_states, window, pulse, pulse_width, step, float_act)
+        blocks.append(Block(weight, norm, act, spec.pool))
+    return nn.Sequential(*blocks)
+
+
+def model_from_config(cfg, in_shape, num_classes) -> nn.Sequential:
+    """build_model with the settings of a Config's model and quant sections."""
+    q, m = cfg.quant, cfg.model
+    return build_model(m.arch, in_shape, num_classes, q.weight_states, q.act_states, q.window, q.pulse,
+                       q.pulse_width, q.step, q.float_act, m.padding, m.init_scale, m.bn_momentum, m.bn_eps,
+                       cfg.trainer.seed)

@@ -1,0 +1,192 @@
+"""The training loop: DST for discrete weights, Adam for BatchNorm, one epoch at a time.
+
+``fit`` runs a plain loop and calls ``on_epoch(metrics)`` after every epoch.  Each epoch
+it writes ``last.pt`` (everything needed to resume) and, when validation accuracy
+improves, ``best.pt`` (the selected model); both atomically.  At the end the best
+checkpoint is evaluated on the test split: ``test_acc`` is that checkpoint's accuracy,
+selected on validation, never on test.
+
+Loss (paper): squared hinge on one-hot targets t in {-1, +1}:
+
+    L = mean_{b, c} max(0, 1 - t_bc s_bc)^2
+
+Schedule, per epoch e of E (lr_e also scales the BatchNorm lr):
+
+    exp:     lr_e = lr (lr_end / lr)^(e / (E - 1))
+    cosine:  lr_e = lr_end + (lr - lr_end) (1 + cos(pi e / (E - 1))) / 2
+    step:    lr_e = lr gamma^floor(e / step_every)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint
+from .config import Config
+from .data import Dataset, batches
+from .discrete import DST, discrete_layers
+from .errors import UserError
+from .evaluate import evaluate
+
+EpochCallback = Callable[[dict], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu")
+    return torch.device(name)
+
+
+def squared_hinge(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    targets = F.one_hot(labels, scores.shape[1]).to(scores.dtype).mul_(2).sub_(1)
+    return (1 - targets * scores).clamp_(min=0).square().mean()
+
+
+def loss_fn(name: str):
+    return squared_hinge if name == "squared_hinge" else F.cross_entropy
+
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    o, last = cfg.optim, max(1, cfg.trainer.epochs - 1)
+    if o.schedule == "exp":
+        return o.lr * (o.lr_end / o.lr) ** (epoch / last)
+    if o.schedule == "cosine":
+        return o.lr_end + (o.lr - o.lr_end) * (1 + math.cos(math.pi * epoch / last)) / 2
+    if o.schedule == "step":
+        return o.lr * o.gamma ** (epoch // o.step_every)
+    return o.lr
+
+
+class Trainer:
+    """Model, data and optimizers of one run; ``fit`` trains, ``state``/``restore`` checkpoint."""
+
+    def __init__(self, cfg: Config, model: nn.Module, data: Dataset, device: torch.device, run_dir: Path):
+        self.cfg, self.data, self.device, self.run_dir = cfg, data, device, Path(run_dir)
+        self.model = model.to(device)
+        self.train_split, self.val_split, self.test_split = (data.train.to(device), data.val.to(device),
+                                                             data.test.to(device))
+        self.dst = None
+        if discrete_layers(model):
+            d = cfg.dst
+            rule_kw = {"adam": dict(beta1=d.beta1, beta2=d.beta2, eps=d.eps), "rms": dict(beta=d.rms_beta),
+                       "sgd": {}}[d.rule]
+            self.dst = DST(model, rule=d.rule, lr=cfg.optim.lr, m=d.m, seed=cfg.trainer.seed, **rule_kw)
+        # discrete layers have no parameters: what is left is BatchNorm and any float weights
+        norm_params, float_params = [], []
+        for name, param in model.named_parameters():
+            (norm_params if ".norm." in name else float_params).append(param)
+        groups = [{"params": norm_params, "lr": cfg.optim.bn_lr, "base_lr": cfg.optim.bn_lr}]
+        if float_params:
+            groups.append({"params": float_params, "lr": cfg.optim.lr, "base_lr": cfg.optim.lr})
+        self.optimizer = torch.optim.Adam(groups)
+        self.loss = loss_fn(cfg.trainer.loss)
+        self.epoch = 0  # next epoch to run
+        self.history: list[dict] = []
+        self.best_val = -1.0
+        self.best_state: Optional[dict] = None
+        self.meta: dict = {}  # stored in every checkpoint (e.g. the MLflow run id)
+
+    # -- one epoch ------------------------------------------------------------
+    def set_lr(self, epoch: int) -> float:
+        lr = lr_at(self.cfg, epoch)
+        factor = lr / self.cfg.optim.lr
+        if self.dst is not None:
+            self.dst.lr = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        return lr
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        shuffle = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + epoch)
+        seen = 0
+        loss_sum = torch.zeros((), device=self.device)
+        correct_sum = torch.zeros((), dtype=torch.long, device=self.device)
+        for x, y in batches(self.train_split, cfg.trainer.batch_size, self.data.max_value, shuffle,
+                            augment_images=cfg.data.augment):
+            self.optimizer.zero_grad(set_to_none=True)
+            scores = self.model(x)
+            loss = self.loss(scores, y)
+            loss.backward()  # discrete layers apply their DST step in here
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct_sum += (scores.detach().argmax(1) == y).sum()
+            seen += len(y)
+        total_loss, correct = loss_sum.item(), correct_sum.item()
+        if not math.isfinite(total_loss):
+            raise RuntimeError(f"training diverged at epoch {epoch}: loss is {total_loss}")
+        return {"train_loss": total_loss / seen, "train_acc": correct / seen}
+
+    def fit(self, on_epoch: Optional[EpochCallback] = None) -> dict:
+        """Train from ``self.epoch`` to ``trainer.epochs``; return the final metrics."""
+        cfg = self.cfg
+        for epoch in range(self.epoch, cfg.trainer.epochs):
+            lr = self.set_lr(epoch)
+            start = time.perf_counter()
+            metrics = {"epoch": epoch + 1, "lr": lr, **self.train_epoch(epoch)}
+            elapsed = time.perf_counter() - start
+            metrics["epoch_time_s"] = elapsed
+            metrics["samples_per_s"] = len(self.train_split) / elapsed
+            if self.dst is not None:
+                rates = self.dst.transition_rates()
+                for name, rate in rates.items():
+                    metrics[f"layer{name.split('.')[0]}.transition_rate"] = rate
+                n = {name: layer.num_weights for name, layer in discrete_layers(self.model)}
+                metrics["transition_rate"] = sum(rates[k] * n[k] for k in rates) / sum(n.values())
+            val = evaluate(self.model, self.val_split, self.data.max_value, measure=True)
+            metrics["val_acc"] = val.pop("acc")
+            metrics.update(val)
+            self.history.append(metrics)
+            self.epoch = epoch + 1
+            if metrics["val_acc"] > self.best_val:
+                self.best_val = metrics["val_acc"]
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                checkpoint.save(self.run_dir / "best.pt", self.model_payload(self.best_state))
+            checkpoint.save(self.run_dir / "last.pt", self.state())
+            if on_epoch is not None:
+                on_epoch(metrics)
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Load the selected checkpoint and measure it on the test split."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        test = evaluate(self.model, self.test_split, self.data.max_value, measure=True)
+        best_epoch = max(self.history, key=lambda m: m["val_acc"])["epoch"] if self.history else 0
+        return {"test_acc": test["acc"], "best_val_acc": self.best_val, "best_epoch": best_epoch,
+                **{f"test_{k}": v for k, v in test.items() if k != "acc" and "." not in k}}
+
+    def val_batches(self, batch_size: int = 256):
+        return (x for x, _ in batches(self.val_split, batch_size, self.data.max_value))
+
+    # -- checkpoints ------------------------------------------------------------
+    def model_payload(self, state: dict) -> dict:
+        return {**self.meta, "config": self.cfg.to_dict(), "model": state, "num_classes": self.data.num_classes,
+                "in_shape": list(self.data.shape), "max_value": self.data.max_value, "epoch": self.epoch,
+                "val_acc": self.best_val}
+
+    def state(self) -> dict:
+        payload = self.model_payload(self.model.state_dict())
+        payload.update({"optimizer": self.optimizer.state_dict(), "history": self.history,
+                        "best_val": self.best_val, "best_state": self.best_state,
+                        "dst": self.dst.state_dict() if self.dst is not None else None})
+        return payload
+
+    def restore(self, payload: dict) -> None:
+        """Continue from a ``last.pt`` payload written by :meth:`state`."""
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.dst is not None:
+            self.dst.load_state_dict(payload["dst"])
+        self.epoch, self.history = payload["epoch"], list(payload["history"])
+        self.best_val, self.best_state = payload["best_val"], payload["best_state"]
