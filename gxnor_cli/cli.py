@@ -40,10 +40,11 @@ err = Console(stderr=True)
 out = Console()
 
 
-def fail(message: str, code: int = 2) -> None:
-    """One line on stderr, then exit."""
-    print(f"gxnor: error: {message}", file=sys.stderr)
-    raise typer.Exit(code)
+def fail(message: str) -> None:
+    """A user error: main() prints it as one line on stderr and exits 2."""
+    from .errors import UserError
+
+    raise UserError(message)
 
 
 def _progress(total: int, first: int = 0):
@@ -195,7 +196,8 @@ def main() -> None:
     from .errors import UserError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit codes instead of raising
+        sys.exit(code if isinstance(code, int) else 0)
     except UserError as error:
         print(f"gxnor: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from gxnor_cli.discrete import DiscreteConv2d, DiscreteLinear, MultiStep
+from gxnor_cli.errors import UserError
+from gxnor_cli.models import build_model, parse_arch
+
+
+def test_parse_paper_nets():
+    mnist = parse_arch("32C5-MP2-64C5-MP2-512FC-10")
+    assert [(s.kind, s.units, s.kernel, s.pool) for s in mnist] == [
+        ("conv", 32, 5, 2), ("conv", 64, 5, 2), ("fc", 512, 0, 0), ("out", 10, 0, 0)]
+    cifar = parse_arch("2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-1024FC-10")
+    assert [s.units for s in cifar] == [128, 128, 256, 256, 512, 512, 1024, 10]
+    assert [s.pool for s in cifar] == [0, 2, 0, 2, 0, 2, 0, 0]
+
+
+@pytest.mark.parametrize("arch", ["32C5-MP2", "MP2-10", "32X5-10", "10-32C3-10", "512FC-32C3-10", "0FC-10", ""])
+def test_bad_arch(arch):
+    with pytest.raises(UserError, match="model.arch"):
+        parse_arch(arch)
+
+
+def test_mnist_net_structure_and_shapes():
+    net = build_model("32C5-MP2-64C5-MP2-512FC-10", (1, 28, 28), 10, 3, 3)
+    assert isinstance(net[0].weight, DiscreteConv2d) and isinstance(net[2].weight, DiscreteLinear)
+    assert net[2].weight.in_features == 1024  # 28-24-12-8-4, 64 * 4 * 4
+    assert all(isinstance(b.act, MultiStep) for b in net[:-1]) and net[-1].act is None
+    assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert not list(p for n, p in net.named_parameters() if ".norm." not in n)  # only BN is float
+
+
+def test_float_and_twn_variants():
+    float_net = build_model("8C3-16FC-4", (1, 6, 6), 4, None, None)
+    assert isinstance(float_net[0].weight, torch.nn.Conv2d) and isinstance(float_net[0].act, torch.nn.ReLU)
+    twn = build_model("8C3-16FC-4", (1, 6, 6), 4, 3, None)
+    assert isinstance(twn[0].weight, DiscreteConv2d) and isinstance(twn[0].act, torch.nn.ReLU)
+
+
+def test_class_count_and_shrinking_maps_are_user_errors():
+    with pytest.raises(UserError, match="classes"):
+        build_model("16FC-5", (1, 8, 8), 10, 3, 3)
+    with pytest.raises(UserError, match="shrink"):
+        build_model("32C5-MP2-64C5-MP2-10", (1, 8, 8), 10, 3, 3)
+
+
+def test_same_seed_same_initial_states():
+    a = build_model("8C3-16FC-4", (1, 6, 6), 4, 3, 3, seed=1)
+    b = build_model("8C3-16FC-4", (1, 6, 6), 4, 3, 3, seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
