@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .discrete import DiscreteConv2d, DiscreteLinear, make_activation
+from .discrete import DiscreteConv2d, DiscreteLinear, Space, make_activation
 from .errors import UserError
 
 TOKEN = re.compile(r"(?:(\d+)x)?(\d+)C(\d+)|MP(\d+)|(?:(\d+)x)?(\d+)FC|(\d+)")
@@ -118,6 +118,8 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int, wei
                       if weight_states else nn.Linear(n_in, spec.units, bias=False))
             norm = nn.BatchNorm1d(spec.units, eps=bn_eps, momentum=bn_momentum)
             features = spec.units
+        if blocks and act_states and weight_states:
+            weight.input_space = Space(act_states)  # it sees phi's outputs: keep them as int8 for backward
         act = None if spec.kind == "out" else make_activation(act_states, window, pulse, pulse_width, step, float_act)
         blocks.append(Block(weight, norm, act, spec.pool))
     return nn.Sequential(*blocks)

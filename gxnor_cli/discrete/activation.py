@@ -41,16 +41,23 @@ def pulse(distance: torch.Tensor, height: float, width: float, kind: str) -> tor
 
 
 class _MultiStepFn(torch.autograd.Function):
+    """phi forward; backward through the pulses.  For rect pulses only the number of pulses
+    covering each x is kept (uint8, a quarter of the float input) since the derivative is
+    that count times the pulse height."""
+
     @staticmethod
     def forward(ctx, x, act: "MultiStep"):
-        ctx.save_for_backward(x)
         ctx.act = act
+        ctx.save_for_backward(act.pulse_count(x).to(torch.uint8) if act.kind == "rect" else x)
         return act.levels(x)
 
     @staticmethod
     def backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
-        return grad_out * ctx.act.derivative(x), None
+        (saved,) = ctx.saved_tensors
+        act = ctx.act
+        if act.kind == "rect":
+            return saved.to(grad_out.dtype).mul_(act.pulse_height).mul_(grad_out), None
+        return act.derivative(saved).mul_(grad_out), None
 
 
 class MultiStep(nn.Module):
@@ -79,6 +86,11 @@ class MultiStep(nn.Module):
         return self.space.dz
 
     @property
+    def pulse_height(self) -> float:
+        """Height of one rect pulse: jump / (2a)."""
+        return self.jump / (2.0 * self.width)
+
+    @property
     def thresholds(self) -> list[float]:
         """t_k = r + (k-1) s, k = 1..K (binary: [0])."""
         return [self.window + k * self.step for k in range(self.space.max_code)]
@@ -87,12 +99,24 @@ class MultiStep(nn.Module):
         """Forward value phi(x)."""
         if self.space.states == 2:
             return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-        count = torch.ceil((x.abs() - self.window) / self.step).clamp_(0, self.space.max_code)
-        return torch.sign(x) * count * self.space.dz
+        count = x.abs().sub_(self.window).div_(self.step).ceil_().clamp_(0, self.space.max_code)
+        return count.mul_(self.space.dz).mul_(torch.sign(x))
+
+    def pulse_count(self, x: torch.Tensor) -> torch.Tensor:
+        """How many rect pulses cover each x: #{k : | |x| - t_k | <= a} (float).
+
+        With d = |x| - r the covered k are ceil((d - a)/s) .. floor((d + a)/s), within 0..K-1.
+        """
+        d = x.abs().sub_(self.window)
+        lo = (d - self.width).div_(self.step).ceil_().clamp_(min=0)
+        hi = d.add_(self.width).div_(self.step).floor_().clamp_(max=self.space.max_code - 1)
+        return hi.sub_(lo).add_(1).clamp_(min=0)
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         """Sum of the pulses at every threshold: the surrogate dphi/dx."""
-        d = x.abs() - self.window  # distance past the first threshold
+        if self.kind == "rect":
+            return self.pulse_count(x).mul_(self.pulse_height)
+        d = x.abs().sub_(self.window)  # distance past the first threshold
         k_max = self.space.max_code - 1
         reach = math.ceil(self.width / self.step)  # pulses that can overlap a point
         nearest = torch.round(d / self.step).clamp_(0, k_max)
@@ -100,8 +124,8 @@ class MultiStep(nn.Module):
         for offset in range(-reach, reach + 1):
             k = nearest + offset
             valid = (k >= 0) & (k <= k_max)
-            distance = (d - k * self.step).abs()
-            grad += torch.where(valid, pulse(distance, self.jump, self.width, self.kind), 0.0)
+            distance = k.mul_(-self.step).add_(d).abs_()
+            grad += pulse(distance, self.jump, self.width, self.kind).mul_(valid)
         return grad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

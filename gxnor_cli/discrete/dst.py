@@ -40,15 +40,26 @@ RULES = ("adam", "sgd", "rms")
 
 def transition(code: torch.Tensor, dw: torch.Tensor, space: Space, m: float,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """New codes after one DST step of the codes ``code`` by the real increments ``dw``."""
-    q = dw / space.dz
-    kappa = torch.trunc(q)
-    nu = q - kappa  # remainder in units of dz, |nu| < 1
-    u = torch.rand(q.shape, generator=generator, device=q.device, dtype=q.dtype)
-    moved = torch.where(u < torch.tanh(nu.abs() * m), torch.sign(nu), 0.0)
+    """New codes after one DST step of the codes ``code`` by the real increments ``dw``.
+
+    ``dw`` is used as scratch space (it is overwritten).  Implementation notes, all exact:
+    moves longer than the space are clipped first (they end at the same state); the
+    integer part is a cast to int (truncation toward zero); the draw b = [u < tanh(y)]
+    is taken as [(1 + u) / 2 < sigmoid(2y)], the same event, since tanh(y) = 2 sigmoid(2y) - 1
+    and sigmoid is several times cheaper than tanh on CPUs.
+    """
     limit = 2 * space.max_code  # no move is longer than the whole space
-    delta = (kappa + moved).clamp_(-limit, limit) * space.code_step
-    return (code + delta).clamp_(-space.max_code, space.max_code).to(torch.int8)
+    q = dw.mul_(1.0 / space.dz).clamp_(-limit, limit)
+    kappa = q.to(torch.int16)  # trunc toward zero
+    nu = q.sub_(kappa.to(q.dtype))  # remainder in units of dz, |nu| < 1, same sign as dW
+    threshold = nu.abs().mul_(2.0 * m).sigmoid_()
+    u = torch.rand(q.shape, generator=generator, device=q.device, dtype=q.dtype)
+    moved = u.add_(1.0).mul_(0.5).lt_(threshold)  # 1.0 where b = 1 (kept as float: no mixed dtypes)
+    del threshold
+    delta = kappa.add_(nu.sign_().mul_(moved).to(torch.int16))
+    if space.code_step != 1:
+        delta.mul_(space.code_step)
+    return delta.add_(code).clamp_(-space.max_code, space.max_code).to(torch.int8)
 
 
 class StepRule:

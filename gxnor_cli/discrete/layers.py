@@ -27,8 +27,10 @@ from torch import nn
 
 from .space import Space
 
-#: Default number of float weights materialised at once (4 MiB of fp32).
-CHUNK_ELEMS = 1 << 20
+#: Default number of float weights materialised at once (1 MiB of fp32): small enough that
+#: a block's temporaries stay well under a byte per weight of a large layer, large enough
+#: for efficient matrix products.
+CHUNK_ELEMS = 1 << 17
 
 Sink = Callable[["DiscreteLayer", slice, torch.Tensor], None]
 
@@ -37,20 +39,30 @@ class _DiscreteFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, anchor, layer: "DiscreteLayer"):
         ctx.layer = layer
-        ctx.save_for_backward(x)
-        outs = [layer.apply_rows(x, rows, layer.weight_rows(rows)) for rows in layer.row_blocks()]
-        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        # an input known to be discrete is kept as int8 codes for backward, not as floats
+        ctx.save_for_backward(x if layer.input_space is None else layer.input_space.to_code(x))
+        blocks = layer.row_blocks()
+        if len(blocks) == 1:
+            return layer.apply_rows(x, blocks[0], layer.weight_rows(blocks[0]))
+        out = None
+        for rows in blocks:
+            part = layer.apply_rows(x, rows, layer.weight_rows(rows))
+            if out is None:
+                out = part.new_empty((part.shape[0], layer.state.shape[0]) + tuple(part.shape[2:]))
+            out[:, rows] = part
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
         layer: DiscreteLayer = ctx.layer
+        if layer.input_space is not None:
+            x = layer.input_space.to_value(x, grad_out.dtype)
         blocks = layer.row_blocks()
         grad_x = None
         if ctx.needs_input_grad[0]:
             for rows in blocks:
-                part = layer.input_grad(x, grad_out[:, rows], layer.weight_rows(rows))
-                grad_x = part if grad_x is None else grad_x.add_(part)
+                grad_x = layer.add_input_grad(grad_x, x, grad_out[:, rows], layer.weight_rows(rows))
         if layer.training_states:
             layer.begin_backward(x, grad_out)
             for rows in blocks:
@@ -70,6 +82,7 @@ class DiscreteLayer(nn.Module):
         self.sink: Optional[Sink] = None
         self.weight_grad: Optional[torch.Tensor] = None
         self.training_states = True  # False freezes the states (no weight gradient computed)
+        self.input_space: Optional[Space] = None  # set when inputs are known to be states of a space
         self.reset_states(init_scale, generator)
 
     # -- states ---------------------------------------------------------------
@@ -125,7 +138,8 @@ class DiscreteLayer(nn.Module):
     def apply_rows(self, x, rows, w):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def input_grad(self, x, g, w):  # pragma: no cover - abstract
+    def add_input_grad(self, acc, x, g, w):  # pragma: no cover - abstract
+        """acc + dL/dx of one block of rows (acc None for the first block)."""
         raise NotImplementedError
 
     def weight_grad_rows(self, x, g, rows):  # pragma: no cover - abstract
@@ -158,8 +172,8 @@ class DiscreteLinear(DiscreteLayer):
     def apply_rows(self, x, rows, w):
         return x @ w.t()
 
-    def input_grad(self, x, g, w):
-        return g @ w
+    def add_input_grad(self, acc, x, g, w):
+        return g @ w if acc is None else acc.addmm_(g, w)
 
     def weight_grad_rows(self, x, g, rows):
         return g.t() @ x
@@ -186,8 +200,9 @@ class DiscreteConv2d(DiscreteLayer):
     def apply_rows(self, x, rows, w):
         return F.conv2d(x, w, padding=self.padding)
 
-    def input_grad(self, x, g, w):
-        return torch.nn.grad.conv2d_input(x.shape, w, g, padding=self.padding)
+    def add_input_grad(self, acc, x, g, w):
+        part = torch.nn.grad.conv2d_input(x.shape, w, g, padding=self.padding)
+        return part if acc is None else acc.add_(part)
 
     def weight_grad_rows(self, x, g, rows):
         shape = (g.shape[1],) + tuple(self.state.shape[1:])

@@ -75,7 +75,7 @@ class Space:
 
     def to_value(self, code: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Code -> state value: ``code * unit``."""
-        return code.to(dtype) * self.unit
+        return code.to(dtype, copy=True).mul_(self.unit)
 
     def to_code(self, x: torch.Tensor) -> torch.Tensor:
         """Project real values onto the nearest state and return its code (int8).
