@@ -37,7 +37,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help=f"gxnor {__version__}: train, evaluate, export and sweep networks whose weights and "
                        "activations live in small discrete spaces (GXNOR-Net).")
 err = Console(stderr=True)
-out = Console()
+out = Console() if sys.stdout.isatty() else Console(width=160)  # pipes and logs get whole tables
 
 
 def fail(message: str) -> None:
@@ -166,6 +166,79 @@ def evaluate_cmd(
           [(k, v) for k, v in result.items() if isinstance(v, float)], out)
     cols = ["layer", "states", "weights", "weight_zero_frac", "act_zero_frac", "resting_prob"]
     table("per layer", cols, [[row.get(c) for c in cols] for row in result["layers"]], out)
+
+
+@app.command(epilog=CONFIG_HELP)
+def sweep(
+    overrides: Optional[List[str]] = typer.Argument(None, help="Overrides; sweep ones take a,b,c / range() / choice()."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="A named grid from conf/sweep/NAME.yaml."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials in parallel (each gets cores/jobs threads)."),
+    config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Use your own conf/ instead of gxnor's."),
+):
+    """Train every point of a grid as nested MLflow runs; re-running resumes.
+
+    Examples:
+
+      gxnor sweep quant.weight_states=2,3,5 quant.act_states=2,3 trainer.epochs=10
+
+      gxnor sweep quant=gxnor,bnn quant.window=0.3,0.5,0.7 --jobs 2
+
+      gxnor sweep --grid states
+    """
+    from .config import default_config_dir
+    from .report import table
+    from .sweep import execute, load_grid, merge_overrides, results_rows
+
+    overrides = list(overrides or [])
+    if grid:
+        overrides = merge_overrides(load_grid(grid, (config_dir or default_config_dir()).resolve()), overrides)
+    if not overrides:
+        fail("nothing to sweep: give overrides such as quant.window=0.3,0.5 or --grid NAME")
+    show, stop = _sweep_progress()
+    try:
+        points, parent_id, status = execute(overrides, jobs, config_dir, show)
+    finally:
+        stop()
+    columns, rows = results_rows(points, short=True)
+    table(f"sweep {parent_id} ({status}); * = Pareto front of accuracy vs resting probability", columns, rows, out)
+    failed = [p for p in points if p.status == "FAILED"]
+    for p in failed:
+        print(f"gxnor: trial {p.key} failed: {p.error}", file=sys.stderr)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _sweep_progress():
+    """A live table of trial status on a terminal, else one line per finished trial."""
+    if sys.stderr.isatty():
+        from rich.live import Live
+        from rich.table import Table
+
+        live = Live(console=err, refresh_per_second=4, transient=True)
+        live.start()
+
+        def show(points):
+            grid = Table(title="sweep", title_justify="left")
+            for name in ["#", *points[0].axes, "status", "test_acc"]:
+                grid.add_column(name)
+            for i, p in enumerate(points, 1):
+                acc = p.metrics.get("test_acc")
+                grid.add_row(str(i), *p.axes.values(), p.status, "" if acc is None else f"{acc:.4f}")
+            live.update(grid)
+
+        return show, live.stop
+    reported = set()
+
+    def plain(points):
+        for i, p in enumerate(points, 1):
+            if p.status in ("FINISHED", "FAILED", "SKIPPED") and p.key not in reported:
+                reported.add(p.key)
+                acc = p.metrics.get("test_acc")
+                where = " ".join(f"{k}={v}" for k, v in p.axes.items())
+                extra = f"test_acc {acc:.4f}" if acc is not None else p.error
+                print(f"[{i}/{len(points)}] {p.status:<8} {where}  {extra}", file=sys.stderr, flush=True)
+
+    return plain, lambda: None
 
 
 @app.command()
