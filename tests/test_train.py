@@ -79,3 +79,18 @@ def test_metrics_per_epoch(tmp_path):
         assert key in seen[0], key
     assert 0 <= seen[0]["resting_prob"] <= 1 and 0 < seen[0]["transition_rate"] < 1
     assert 0 <= result["test_acc"] <= 1
+
+
+def test_adam_matches_torch_adam():
+    from gxnor_cli.train import Adam
+
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(5))
+    b = torch.nn.Parameter(a.detach().clone())
+    ours, ref = Adam([{"params": [a], "lr": 0.01}]), torch.optim.Adam([b], lr=0.01)
+    for step in range(5):
+        grad = torch.randn(5)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        ref.step()
+    assert torch.allclose(a, b, atol=1e-6)
