@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 
@@ -127,8 +128,12 @@ def evaluate_cmd(
     out_dir: str = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs (checkpoints, mlflow.db)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Read the dataset from here instead."),
     batch_size: int = typer.Option(1000, min=1),
+    engine: str = typer.Option("torch", help="torch (a run or checkpoint) | packed (an exported .gxnor file)."),
 ):
-    """Accuracy, per-layer sparsity and resting probability of a trained run on a data split."""
+    """Accuracy, per-layer sparsity and resting probability of a trained run on a data split.
+
+    With --engine packed, RUN is an exported file and the numpy gated-XNOR engine runs it,
+    reporting its measured events per layer."""
     from . import checkpoint
     from .config import Config, from_dict
     from .data import load_data
@@ -139,6 +144,10 @@ def evaluate_cmd(
 
     if split not in ("train", "val", "test"):
         fail(f"--split must be train, val or test; got {split!r}")
+    if engine == "packed":
+        return _eval_packed(run, split, json_out, data_root, batch_size)
+    if engine != "torch":
+        fail(f"--engine must be torch or packed; got {engine!r}")
     base = Config()
     base.trainer.out_dir = out_dir
     payload = checkpoint.load(locate_checkpoint(run, base, "best.pt"))
@@ -166,6 +175,157 @@ def evaluate_cmd(
           [(k, v) for k, v in result.items() if isinstance(v, float)], out)
     cols = ["layer", "states", "weights", "weight_zero_frac", "act_zero_frac", "resting_prob"]
     table("per layer", cols, [[row.get(c) for c in cols] for row in result["layers"]], out)
+
+
+def _packed_data(manifest: dict, data_root: Optional[str]):
+    from .data import load_data
+
+    src = manifest.get("source", {})
+    if not src.get("data"):
+        fail("the packed file does not say which dataset it was trained on")
+    return load_data(src["data"], data_root or src.get("data_root"), False, src.get("val_fraction", 0.1),
+                     src.get("seed", 0))
+
+
+def _eval_packed(path: str, split: str, json_out: bool, data_root: Optional[str], batch_size: int) -> None:
+    import time
+
+    from .engine import PackedModel
+
+    model = PackedModel.load(Path(path))
+    data = _packed_data(model.manifest, data_root)
+    part = data.split(split)
+    start = time.perf_counter()
+    predictions = model.predict(part.images.numpy(), batch_size)
+    seconds = time.perf_counter() - start
+    acc = float((predictions == part.labels.numpy()).mean())
+    layers = model.event_table()
+    pairs, opened = sum(l["pairs"] for l in layers[1:]), sum(l["gates_opened"] for l in layers[1:])
+    result = {"export": path, "engine": "packed", "split": split, "samples": len(part), "acc": acc,
+              "resting_prob": 1 - opened / pairs if pairs else 0.0, "samples_per_s": len(part) / seconds,
+              "layers": layers}
+    if json_out:
+        print(json.dumps(result, indent=1))
+        return
+    from .report import table
+
+    table(f"packed engine on the {split} split of {model.manifest['source'].get('data')} ({len(part)} samples)",
+          ["metric", "value"], [(k, v) for k, v in result.items() if isinstance(v, float)], out)
+    cols = ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob", "popcount_words"]
+    table("events per layer (resting_prob above: all layers but the first, which sees real inputs)", cols,
+          [[row[c] for c in cols] for row in layers], out)
+
+
+def _is_packed(path: str) -> bool:
+    from .packed import MAGIC
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    with open(p, "rb") as handle:
+        return handle.read(len(MAGIC)) == MAGIC
+
+
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="MLflow run id, run directory or checkpoint file."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Output file (default runs/exports/<run>.gxnor)."),
+    fmt: str = typer.Option("packed", "--format", help="packed (gxnor's bit-packed format; onnx is planned)."),
+    out_dir: str = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs."),
+):
+    """Write a trained model as it really is: states packed at their bit width, BatchNorm and
+    activations folded into integer thresholds; logged to the run in MLflow."""
+    from . import checkpoint, tracking
+    from .config import Config
+    from .export import export_run, fp32_state_bytes, packed_weight_bytes
+    from .runner import locate_checkpoint
+
+    if fmt not in ("packed", "onnx"):
+        fail(f"--format must be packed or onnx; got {fmt!r}")
+    base = Config()
+    base.trainer.out_dir = out_dir
+    ckpt = locate_checkpoint(run, base, "best.pt")
+    payload = checkpoint.load(ckpt)
+    run_id = payload.get("run_id") or Path(run).stem
+    if fmt == "onnx":
+        fail("--format onnx is not available yet; use --format packed (documented in docs/packed-format.md)")
+    target = out_path or Path(out_dir) / "exports" / f"{run_id}.gxnor"
+    manifest, model = export_run(payload, ckpt, target)
+    size = manifest["bytes"]
+    logged = False
+    if payload.get("run_id"):
+        try:
+            uri = tracking.tracking_uri(None, out_dir)
+            tracking.Run(uri, "", out_dir, run_id=payload["run_id"], keep_status=True).log_artifact(target, "export")
+            logged = True
+        except Exception:  # the file is written either way; tracking is best effort here
+            logged = False
+    print(f"wrote {target} ({size:,} bytes){'  logged to run ' + payload['run_id'] if logged else ''}")
+    weights = sum(int(np.prod(l["weight"]["shape"])) for l in manifest["layers"])
+    fp32 = fp32_state_bytes(model)
+    print(f"{weights:,} weights: {packed_weight_bytes(manifest):,} bytes packed "
+          f"({8 * packed_weight_bytes(manifest) / weights:.2f} bits/weight), file {size:,} bytes, "
+          f"fp32 weights {fp32:,} bytes: {fp32 / size:.1f}x smaller")
+
+
+@app.command()
+def summary(
+    target: str = typer.Argument(..., help="A run id, checkpoint or exported .gxnor file."),
+    samples: int = typer.Option(256, min=1, help="Test samples the gated operations are measured on."),
+    out_dir: str = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Read the dataset from here instead."),
+    json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+):
+    """Per-layer states, bits, bytes at rest, MACs and gated operations measured on data."""
+    import math
+    import tempfile
+
+    from .engine import PackedModel
+
+    if _is_packed(target):
+        path, size = Path(target), Path(target).stat().st_size
+        model = PackedModel.load(path)
+    else:
+        from . import checkpoint
+        from .config import Config
+        from .export import export_run
+        from .runner import locate_checkpoint
+
+        base = Config()
+        base.trainer.out_dir = out_dir
+        ckpt = locate_checkpoint(target, base, "best.pt")
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest, _ = export_run(checkpoint.load(ckpt), ckpt, Path(tmp) / "model.gxnor")
+            size = manifest["bytes"]
+            model = PackedModel.load(Path(tmp) / "model.gxnor")
+    data = _packed_data(model.manifest, data_root)
+    images = data.test.images[:samples].numpy()
+    model.predict(images)
+    n = len(images)
+    rows = []
+    for layer, events in zip(model.manifest["layers"], model.event_table()):
+        w = layer["weight"]
+        weights = int(np.prod(w["shape"]))
+        rows.append({"layer": layer["name"], "kind": layer["kind"], "states": w["states"], "weights": weights,
+                     "bits": w["bits"], "bytes": math.ceil(weights * w["bits"] / 8), "macs": events["pairs"] // n,
+                     "gated_ops": events["gates_opened"] / n, "resting_prob": events["resting_prob"],
+                     "mode": events["mode"]})
+    total_w = sum(r["weights"] for r in rows)
+    totals = {"weights": total_w, "bytes": sum(r["bytes"] for r in rows), "file_bytes": size,
+              "fp32_bytes": 4 * total_w, "compression_vs_fp32": 4 * total_w / size,
+              "macs": sum(r["macs"] for r in rows), "gated_ops": sum(r["gated_ops"] for r in rows),
+              "samples": n}
+    if json_out:
+        print(json.dumps({"layers": rows, "totals": totals}, indent=1))
+        return
+    from .report import table
+
+    cols = ["layer", "kind", "states", "weights", "bits", "bytes", "macs", "gated_ops", "resting_prob", "mode"]
+    table(f"per layer (MACs and gated ops per sample, measured on {n} test samples)", cols,
+          [[r[c] for c in cols] + [] for r in rows] + [["total", "", "", totals["weights"], "", totals["bytes"],
+                                                       totals["macs"], totals["gated_ops"], "", ""]], out)
+    out.print(f"file {size:,} bytes; fp32 weights {4 * total_w:,} bytes; {totals['compression_vs_fp32']:.1f}x smaller; "
+              f"{1 - totals['gated_ops'] / totals['macs']:.3f} of all MACs gated off", highlight=False)
 
 
 @app.command(epilog=CONFIG_HELP)

@@ -57,12 +57,13 @@ class Run:
 
     def __init__(self, uri: str, experiment: str, out_dir: str, run_id: Optional[str] = None,
                  run_name: Optional[str] = None, tags: Optional[dict[str, str]] = None,
-                 parent_id: Optional[str] = None):
+                 parent_id: Optional[str] = None, keep_status: bool = False):
         self.uri = uri
         self.client = _client(uri)
         if run_id is not None:
             self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
+            if not keep_status:
+                self.client.update_run(run_id, status="RUNNING")
             return
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:

@@ -1,0 +1,184 @@
+"""Reference inference engine for packed models: numpy only, integers only.
+
+Layers whose weights and inputs both have at most three states (codes in {-1, 0, 1}) run
+as gated XNOR on bit-packed masks (method.md s. 6).  Along the input axis, in 64-bit
+words,
+
+    gate = nz(w) & nz(x)                  (both non-zero: the operation happens)
+    xnor = ~(sign(w) ^ sign(x))           (signs agree: the product is +1)
+    A    = 2 popcount(gate & xnor) - popcount(gate)
+
+Other layers (more states, or the first layer on real inputs) accumulate small integers
+exactly.  BatchNorm and phi are integer thresholds (see gxnor_cli.export); the last
+layer's scores are scale * A + shift.  The engine counts, per layer and on the data it
+runs: weight-activation pairs, gates opened (both operands non-zero), the resting
+probability 1 - opened / pairs, and the 64-bit popcount words processed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import packed
+
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def popcount(words: np.ndarray) -> np.ndarray:
+    """Bits set in each uint64."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words)
+    return _POPCOUNT8[words.view(np.uint8)].reshape(*words.shape, 8).sum(-1, dtype=np.uint8)
+
+
+def pack_rows(bits: np.ndarray) -> np.ndarray:
+    """(rows, features) booleans -> (rows, words) uint64, LSB first, zero-padded."""
+    data = np.packbits(bits, axis=-1, bitorder="little")
+    pad = (-data.shape[-1]) % 8
+    if pad:
+        data = np.pad(data, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(data).view(np.uint64)
+
+
+@dataclass
+class Events:
+    pairs: int = 0
+    opened: int = 0
+    words: int = 0
+
+    @property
+    def resting_prob(self) -> float:
+        return 1.0 - self.opened / self.pairs if self.pairs else 0.0
+
+
+@dataclass
+class Layer:
+    spec: dict
+    codes: np.ndarray  # weight codes (O, features) int8
+    flip: np.ndarray = None
+    hi: np.ndarray = None
+    lo: np.ndarray = None
+    scale: np.ndarray = None
+    shift: np.ndarray = None
+    gated: bool = False
+    sign_w: np.ndarray = None
+    nz_w: np.ndarray = None
+    events: Events = field(default_factory=Events)
+
+
+class PackedModel:
+    """A packed model loaded for inference."""
+
+    def __init__(self, manifest: dict, blobs: dict[str, np.ndarray]):
+        self.manifest = manifest
+        self.max_value = manifest["input"]["max_value"]
+        self.layers: list[Layer] = []
+        for spec in manifest["layers"]:
+            w = spec["weight"]
+            count = int(np.prod(w["shape"]))
+            index = packed.unpack_bits(blobs[w["blob"]], w["bits"], count)
+            codes = np.asarray(w["codes"], dtype=np.int8)[index].reshape(w["shape"][0], -1)
+            layer = Layer(spec, codes)
+            out = spec["output"]
+            if out["kind"] == "affine":
+                layer.scale, layer.shift = blobs[out["scale"]], blobs[out["shift"]]
+            else:
+                layer.flip, layer.hi = blobs[out["flip"]].astype(np.int64), blobs[out["hi"]]
+                layer.lo = blobs.get(out.get("lo"))
+            small_input = spec["input"]["kind"] == "states" and spec["input"]["states"] <= 3
+            layer.gated = small_input and w["states"] <= 3
+            if layer.gated:
+                layer.sign_w, layer.nz_w = pack_rows(codes > 0), pack_rows(codes != 0)
+            self.layers.append(layer)
+
+    @classmethod
+    def load(cls, path: Path) -> "PackedModel":
+        return cls(*packed.read(path))
+
+    # -- one layer ---------------------------------------------------------------
+    @staticmethod
+    def _patches(x: np.ndarray, kernel: int, padding: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """(B, C, H, W) -> (B * Ho * Wo, C * k * k) in (C, k, k) order."""
+        if padding:
+            x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+        windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(2, 3))
+        b, c, ho, wo = windows.shape[:4]
+        return windows.transpose(0, 2, 3, 1, 4, 5).reshape(b * ho * wo, c * kernel * kernel), (ho, wo)
+
+    def _accumulate(self, layer: Layer, rows: np.ndarray) -> np.ndarray:
+        """A = rows @ codes^T as int64, counting events."""
+        out_ch, features = layer.codes.shape
+        ev = layer.events
+        ev.pairs += rows.shape[0] * out_ch * features
+        if not layer.gated:
+            nz = (rows != 0).astype(np.float64)
+            ev.opened += int(nz.sum(0) @ (layer.codes != 0).sum(0).astype(np.float64))
+            return np.rint(rows.astype(np.float64) @ layer.codes.T.astype(np.float64)).astype(np.int64)
+        sign_x, nz_x = pack_rows(rows > 0), pack_rows(rows != 0)
+        words = sign_x.shape[1]
+        step = max(1, (1 << 22) // max(1, out_ch * words))
+        result = np.empty((rows.shape[0], out_ch), dtype=np.int64)
+        for start in range(0, rows.shape[0], step):
+            sx, nx = sign_x[start:start + step, None, :], nz_x[start:start + step, None, :]
+            gate = nx & layer.nz_w[None]
+            agree = gate & ~(sx ^ layer.sign_w[None])
+            opened = popcount(gate).sum(-1, dtype=np.int64)
+            result[start:start + step] = 2 * popcount(agree).sum(-1, dtype=np.int64) - opened
+            ev.opened += int(opened.sum())
+            ev.words += gate.size
+        return result
+
+    def _output(self, layer: Layer, acc: np.ndarray) -> np.ndarray:
+        """Integer thresholds (hidden layers) or scores (last layer); channel axis is 1."""
+        shape = (1, -1) + (1,) * (acc.ndim - 2)
+        if layer.scale is not None:
+            return acc * layer.scale.reshape(shape) + layer.shift.reshape(shape)
+        a = acc * layer.flip.reshape(shape)
+        hi = layer.hi
+        code = np.zeros(acc.shape, dtype=np.int8)
+        if layer.lo is None:  # binary: +1 if A' >= hi else -1
+            return np.where(a >= hi[:, 0].reshape(shape), 1, -1).astype(np.int8)
+        for k in range(hi.shape[1]):
+            code += (a >= hi[:, k].reshape(shape)).astype(np.int8)
+            code -= (a <= layer.lo[:, k].reshape(shape)).astype(np.int8)
+        return code
+
+    def _layer(self, layer: Layer, x: np.ndarray) -> np.ndarray:
+        spec = layer.spec
+        if spec["kind"] == "conv":
+            rows, (ho, wo) = self._patches(x, spec["kernel"], spec["padding"])
+            acc = self._accumulate(layer, rows).reshape(x.shape[0], ho, wo, -1).transpose(0, 3, 1, 2)
+            p = spec["pool"]
+            if p:
+                b, c, h, w = acc.shape
+                acc = acc[:, :, :h // p * p, :w // p * p].reshape(b, c, h // p, p, w // p, p).max(axis=(3, 5))
+        else:
+            acc = self._accumulate(layer, x.reshape(x.shape[0], -1))
+        return self._output(layer, acc)
+
+    # -- the model -------------------------------------------------------------------
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        """Class scores of raw uint8 images (N, C, H, W)."""
+        x = 2 * images.astype(np.int32) - self.max_value  # u: x = u / max_value
+        for layer in self.layers:
+            x = self._layer(layer, x)
+        return x
+
+    def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return np.concatenate([self.scores(images[i:i + batch_size]).argmax(1)
+                               for i in range(0, len(images), batch_size)])
+
+    def reset_events(self) -> None:
+        for layer in self.layers:
+            layer.events = Events()
+
+    def event_table(self) -> list[dict]:
+        """Per layer: pairs, gates opened, resting probability, popcount words, and the mode."""
+        return [{"layer": l.spec["name"], "mode": "gated-xnor" if l.gated else "integer",
+                 "weight_states": l.spec["weight"]["states"],
+                 "input": "real" if l.spec["input"]["kind"] == "real" else f"{l.spec['input']['states']} states",
+                 "pairs": l.events.pairs, "gates_opened": l.events.opened,
+                 "resting_prob": l.events.resting_prob, "popcount_words": l.events.words} for l in self.layers]

@@ -1,0 +1,102 @@
+"""The packed file format: one file, a JSON manifest and bit-packed blobs (numpy only).
+
+Layout (all integers little-endian), documented in docs/packed-format.md:
+
+    bytes 0..7     magic b"GXNORPK\\0"
+    bytes 8..11    uint32 format version (VERSION)
+    bytes 12..15   uint32 manifest length M
+    bytes 16..     M bytes of UTF-8 JSON (the manifest), zero-padded to a multiple of 8
+    then           the blobs, each starting at an offset that is a multiple of 8
+
+The manifest's ``blobs`` maps a name to {offset, length, dtype, shape, sha256}; offsets
+count from the start of the blob area.  Weight blobs are unsigned state indices packed
+at ``bits`` bits each, LSB first (value i occupies bits i*bits .. i*bits+bits-1 of the
+little-endian bit stream).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+MAGIC = b"GXNORPK\x00"
+VERSION = 1
+HEADER = struct.Struct("<8sII")
+
+
+class PackedError(UserError):
+    """A packed file that is missing, truncated, corrupt or of an unknown version."""
+
+
+def pack_bits(indices: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned ``indices`` (< 2^bits) -> uint8 stream, ``bits`` bits each, LSB first."""
+    flat = indices.astype(np.uint16).reshape(-1)
+    planes = (flat[:, None] >> np.arange(bits, dtype=np.uint16)) & 1
+    return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little")
+
+
+def unpack_bits(data: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack_bits: ``count`` unsigned values of ``bits`` bits."""
+    planes = np.unpackbits(data, bitorder="little", count=count * bits).reshape(count, bits)
+    return (planes.astype(np.uint16) << np.arange(bits, dtype=np.uint16)).sum(axis=1, dtype=np.uint16)
+
+
+def write(path: Path, manifest: dict[str, Any], blobs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Write manifest + blobs atomically; returns the manifest as written plus its file size."""
+    from .checkpoint import atomic_write
+
+    entries, chunks, offset = {}, [], 0
+    for name, array in blobs.items():
+        raw = np.ascontiguousarray(array).tobytes()
+        entries[name] = {"offset": offset, "length": len(raw), "dtype": str(array.dtype), "shape": list(array.shape),
+                         "sha256": hashlib.sha256(raw).hexdigest()}
+        pad = (-len(raw)) % 8
+        chunks.append(raw + b"\0" * pad)
+        offset += len(raw) + pad
+    manifest = {**manifest, "blobs": entries}
+    text = json.dumps(manifest, separators=(",", ":")).encode()
+    text += b"\0" * ((-(HEADER.size + len(text))) % 8)
+    body = HEADER.pack(MAGIC, VERSION, len(text)) + text + b"".join(chunks)
+    atomic_write(Path(path), lambda handle: handle.write(body))
+    return {**manifest, "bytes": len(body)}
+
+
+def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Manifest and blobs of a packed file; every blob's checksum is verified."""
+    path = Path(path)
+    if not path.is_file():
+        raise PackedError(f"packed model not found: {path}")
+    raw = path.read_bytes()
+    if len(raw) < HEADER.size:
+        raise PackedError(f"{path} is truncated: {len(raw)} bytes, shorter than the header")
+    magic, version, length = HEADER.unpack_from(raw)
+    if magic != MAGIC:
+        raise PackedError(f"{path} is not a gxnor packed model (bad magic bytes)")
+    if version != VERSION:
+        raise PackedError(f"{path} has packed format version {version}; this gxnor reads version {VERSION}")
+    start = HEADER.size + length
+    if len(raw) < start:
+        raise PackedError(f"{path} is truncated inside its manifest")
+    try:
+        manifest = json.loads(raw[HEADER.size:start].rstrip(b"\0"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PackedError(f"{path} has a corrupt manifest: {err}") from None
+    if manifest.get("version") != VERSION:
+        raise PackedError(f"{path}: manifest version {manifest.get('version')} does not match header {VERSION}")
+    blobs = {}
+    for name, entry in manifest.get("blobs", {}).items():
+        lo, hi = start + entry["offset"], start + entry["offset"] + entry["length"]
+        if hi > len(raw):
+            raise PackedError(f"{path} is truncated: blob {name!r} ends at byte {hi} of {len(raw)}")
+        chunk = raw[lo:hi]
+        if hashlib.sha256(chunk).hexdigest() != entry["sha256"]:
+            raise PackedError(f"{path}: checksum mismatch in blob {name!r} (the file is corrupt)")
+        blobs[name] = np.frombuffer(chunk, dtype=entry["dtype"]).reshape(entry["shape"])
+    return manifest, blobs

@@ -1,0 +1,137 @@
+"""Packed export and the gated-XNOR engine: exact folding, identical predictions, bad files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gxnor_cli import checkpoint, packed
+from gxnor_cli.discrete import MultiStep, Space
+from gxnor_cli.engine import PackedModel, popcount
+from gxnor_cli.export import export_run, fold_thresholds, predict_torch
+
+from conftest import TINY
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 8])
+def test_bit_packing_round_trip(bits):
+    rng = np.random.default_rng(bits)
+    values = rng.integers(0, 2**bits, 1001)
+    data = packed.pack_bits(values, bits)
+    assert data.nbytes == -(-1001 * bits // 8)
+    assert np.array_equal(packed.unpack_bits(data, bits, 1001), values)
+
+
+def test_popcount():
+    words = np.array([0, 1, 2**63, 2**64 - 1, 0b1011], dtype=np.uint64)
+    assert popcount(words).tolist() == [0, 1, 1, 64, 3]
+
+
+@pytest.mark.parametrize("states, window", [(2, 0.0), (3, 0.5), (3, 0.0), (5, 0.25), (9, 0.3)])
+def test_folded_thresholds_equal_bn_then_phi(states, window):
+    """Integer thresholds reproduce phi(alpha A + b) exactly, negative and zero BN scales included."""
+    rng = np.random.default_rng(states)
+    act = MultiStep(Space(states), window=window)
+    alpha = rng.normal(size=40) * 0.05
+    alpha[:3] = [0.0, -0.02, 0.03]
+    b = rng.normal(size=40)
+    folded = fold_thresholds(alpha, b, act)
+    acc = rng.integers(-300, 300, size=(64, 40))
+    z = torch.tensor(alpha * acc + b, dtype=torch.float64)
+    expected = (act.levels(z) / act.space.unit).round().numpy().astype(int)
+    a = acc * folded["flip"].astype(np.int64)
+    if states == 2:
+        got = np.where(a >= folded["hi"][:, 0], 1, -1)
+    else:
+        got = sum((a >= folded["hi"][:, k]).astype(int) - (a <= folded["lo"][:, k]).astype(int)
+                  for k in range(folded["hi"].shape[1]))
+    assert np.array_equal(got, expected)
+
+
+def trained(cli, runs_dir, *extra):
+    code, out, err = cli("train", *TINY, *extra, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    return result, checkpoint.load(result["checkpoint"])
+
+
+@pytest.mark.parametrize("quant", ["quant=gxnor", "quant=bnn", "quant=multilevel"])
+def test_engine_predicts_exactly_like_torch(cli, runs_dir, tmp_path, quant):
+    from gxnor_cli.data import load_data
+
+    result, payload = trained(cli, runs_dir, quant, "trainer.epochs=3")
+    manifest, model = export_run(payload, result["checkpoint"], tmp_path / "m.gxnor")
+    engine = PackedModel.load(tmp_path / "m.gxnor")
+    data = load_data("digits", val_fraction=0.1, seed=0)
+    want = predict_torch(model, data.test.images, data.max_value)
+    got = engine.predict(data.test.images.numpy())
+    assert np.array_equal(got, want)  # every test sample, not just the accuracy
+    states = payload["config"]["quant"]["weight_states"]
+    bits = Space(states).bits
+    weights = sum(int(np.prod(l["weight"]["shape"])) for l in manifest["layers"])
+    blob_bytes = sum(b["length"] for k, b in manifest["blobs"].items() if k.endswith(".weight"))
+    assert blob_bytes == sum(-(-int(np.prod(l["weight"]["shape"])) * bits // 8) for l in manifest["layers"])
+    assert manifest["bytes"] < weights * bits / 8 + 12_000  # packed weights plus a small manifest
+
+
+def test_engine_resting_probability_matches_torch_measurement(cli, runs_dir, tmp_path):
+    result, payload = trained(cli, runs_dir)
+    export_run(payload, result["checkpoint"], tmp_path / "m.gxnor")
+    code, out, err = cli("eval", "--engine", "packed", str(tmp_path / "m.gxnor"), "--json")
+    assert code == 0, err
+    engine = json.loads(out)
+    assert engine["acc"] == pytest.approx(result["test_acc"])
+    assert engine["resting_prob"] == pytest.approx(result["test_resting_prob"], abs=1e-9)
+    assert engine["layers"][1]["mode"] == "gated-xnor" and engine["layers"][1]["popcount_words"] > 0
+
+
+def test_export_and_summary_commands(cli, runs_dir):
+    result, _ = trained(cli, runs_dir)
+    code, out, err = cli("export", result["run_id"])
+    assert code == 0, err and "2.00 bits/weight" in out
+    target = runs_dir / "exports" / f"{result['run_id']}.gxnor"
+    assert target.is_file()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
+    assert [a.path for a in client.list_artifacts(result["run_id"], "export")] == [f"export/{target.name}"]
+    assert client.get_run(result["run_id"]).info.status == "FINISHED"
+    code, out, err = cli("summary", str(target), "--json", "--samples", "20")
+    assert code == 0, err
+    summary = json.loads(out)
+    totals = summary["totals"]
+    assert totals["compression_vs_fp32"] == pytest.approx(4 * totals["weights"] / target.stat().st_size)
+    assert totals["bytes"] == sum(-(-row["weights"] * 2 // 8) for row in summary["layers"])
+    assert totals["samples"] == 20
+    assert all(0 <= row["resting_prob"] <= 1 for row in summary["layers"])
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "truncated"), ("checksum", "checksum mismatch"), ("version", "format version 99"),
+    ("magic", "not a gxnor packed model"), ("manifest", "corrupt manifest"),
+])
+def test_damaged_packed_files_are_refused(cli, runs_dir, tmp_path, damage, message):
+    result, payload = trained(cli, runs_dir)
+    path = tmp_path / "m.gxnor"
+    export_run(payload, result["checkpoint"], path)
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":
+        raw = raw[:-50]
+    elif damage == "checksum":
+        raw[-3] ^= 0xFF
+    elif damage == "version":
+        raw[8:12] = (99).to_bytes(4, "little")
+    elif damage == "magic":
+        raw[:4] = b"NOPE"
+    else:
+        raw[20] = 0xFF
+    path.write_bytes(bytes(raw))
+    code, _, err = cli("eval", "--engine", "packed", str(path))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_float_model_cannot_be_packed(cli, runs_dir):
+    result, _ = trained(cli, runs_dir, "quant=twn")
+    code, _, err = cli("export", result["run_id"])
+    assert code == 2 and "discrete weights and discrete activations" in err
