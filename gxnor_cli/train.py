@@ -210,7 +210,10 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
         test = evaluate(self.model, self.test_split, self.data.max_value, measure=True)
         best_epoch = max(self.history, key=lambda m: m["val_acc"])["epoch"] if self.history else 0
+        last = self.history[-1] if self.history else {}
         return {"test_acc": test["acc"], "best_val_acc": self.best_val, "best_epoch": best_epoch,
+                "train_time_s": sum(m["epoch_time_s"] for m in self.history),
+                "last_transition_rate": last.get("transition_rate", 0.0),
                 **{f"test_{k}": v for k, v in test.items() if k != "acc" and "." not in k}}
 
     def val_batches(self, batch_size: int = 256):
