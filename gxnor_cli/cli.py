@@ -230,7 +230,8 @@ def _is_packed(path: str) -> bool:
 def export(
     run: str = typer.Argument(..., help="MLflow run id, run directory or checkpoint file."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output file (default runs/exports/<run>.gxnor)."),
-    fmt: str = typer.Option("packed", "--format", help="packed (gxnor's bit-packed format; onnx is planned)."),
+    fmt: str = typer.Option("packed", "--format", help="packed (true bit width, integer thresholds) | onnx "
+                                                       "(float graph, needs pip install 'gxnor[onnx]')."),
     out_dir: str = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs."),
 ):
     """Write a trained model as it really is: states packed at their bit width, BatchNorm and
@@ -247,11 +248,16 @@ def export(
     ckpt = locate_checkpoint(run, base, "best.pt")
     payload = checkpoint.load(ckpt)
     run_id = payload.get("run_id") or Path(run).stem
+    manifest = None
     if fmt == "onnx":
-        fail("--format onnx is not available yet; use --format packed (documented in docs/packed-format.md)")
-    target = out_path or Path(out_dir) / "exports" / f"{run_id}.gxnor"
-    manifest, model = export_run(payload, ckpt, target)
-    size = manifest["bytes"]
+        from .onnx_export import export_onnx
+
+        target = out_path or Path(out_dir) / "exports" / f"{run_id}.onnx"
+        size = export_onnx(payload, target)
+    else:
+        target = out_path or Path(out_dir) / "exports" / f"{run_id}.gxnor"
+        manifest, model = export_run(payload, ckpt, target)
+        size = manifest["bytes"]
     logged = False
     if payload.get("run_id"):
         try:
@@ -261,6 +267,8 @@ def export(
         except Exception:  # the file is written either way; tracking is best effort here
             logged = False
     print(f"wrote {target} ({size:,} bytes){'  logged to run ' + payload['run_id'] if logged else ''}")
+    if manifest is None:
+        return
     weights = sum(int(np.prod(l["weight"]["shape"])) for l in manifest["layers"])
     fp32 = fp32_state_bytes(model)
     print(f"{weights:,} weights: {packed_weight_bytes(manifest):,} bytes packed "

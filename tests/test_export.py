@@ -135,3 +135,20 @@ def test_float_model_cannot_be_packed(cli, runs_dir):
     result, _ = trained(cli, runs_dir, "quant=twn")
     code, _, err = cli("export", result["run_id"])
     assert code == 2 and "discrete weights and discrete activations" in err
+
+
+def test_onnx_export_predicts_like_torch(cli, runs_dir, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from gxnor_cli.data import load_data
+    from gxnor_cli.export import load_trained
+
+    result, payload = trained(cli, runs_dir, "trainer.epochs=3")
+    code, out, err = cli("export", result["run_id"], "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    assert code == 0, err
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    data = load_data("digits")
+    scores = session.run(["scores"], {"input": data.test.images.numpy().astype(np.float32)})[0]
+    _, model = load_trained(payload)
+    want = predict_torch(model, data.test.images, data.max_value)
+    # a float graph: summation order may differ from torch's, so allow a rare flip at a threshold
+    assert (scores.argmax(1) == want).mean() >= 0.99

@@ -1,0 +1,90 @@
+"""ONNX export: a standard float graph with the discrete weights as constants.
+
+For interoperability (any ONNX runtime, netron, FINN-style tool chains); the packed
+format is the one at the true bit width.  The graph takes raw inputs v in [0, v_max]
+(float32, N x C x H x W) and computes, per block,
+
+    Conv / MatMul (state values as constants) -> [MaxPool] -> z = a y + b (BatchNorm, eval)
+    phi(z) = sign(z) * dz * clip(ceil((|z| - r) / s), 0, K)      (binary: +1 if z >= 0 else -1)
+
+and returns the class scores of the last block.  Built with onnx's helper API, opset 17;
+needs the optional ``onnx`` package (``pip install 'gxnor[onnx]'``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .discrete import DiscreteConv2d, DiscreteLayer, MultiStep
+from .errors import UserError
+from .export import _bn_affine, load_trained
+
+OPSET = 17
+
+
+def export_onnx(payload: dict, path: Path) -> int:
+    """Write the checkpoint ``payload`` as an ONNX model; returns the file size."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise UserError("--format onnx needs the onnx package: pip install 'gxnor[onnx]'") from None
+    from .checkpoint import atomic_write
+
+    cfg, model = load_trained(payload)
+    nodes, inits = [], []
+    counter = iter(range(1_000_000))
+
+    def const(array, dtype=np.float32) -> str:
+        name = f"c{next(counter)}"
+        inits.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
+        return name
+
+    def node(op: str, *inputs: str, **attrs) -> str:
+        out = f"t{next(counter)}"
+        nodes.append(helper.make_node(op, list(inputs), [out], **attrs))
+        return out
+
+    max_value = float(payload["max_value"])
+    x = node("Sub", node("Mul", "input", const(2.0 / max_value)), const(1.0))
+    for block in model:
+        weight, act = block.weight, block.act
+        if not isinstance(weight, DiscreteLayer) or not (act is None or isinstance(act, MultiStep)):
+            raise UserError("onnx export needs discrete weights and discrete activations in every layer")
+        w = weight.weight().numpy()
+        if isinstance(weight, DiscreteConv2d):
+            p, k = weight.padding, weight.kernel_size
+            x = node("Conv", x, const(w), kernel_shape=[k, k], pads=[p, p, p, p])
+            if block.pool is not None:
+                size = block.pool.kernel_size
+                x = node("MaxPool", x, kernel_shape=[size, size], strides=[size, size])
+            shape = (1, -1, 1, 1)
+        else:
+            x = node("MatMul", node("Flatten", x, axis=1), const(w.T))
+            shape = (1, -1)
+        a, b = _bn_affine(block.norm)
+        x = node("Add", node("Mul", x, const(a.reshape(shape))), const(b.reshape(shape)))
+        if act is None:
+            continue
+        if act.space.states == 2:
+            x = node("Where", node("GreaterOrEqual", x, const(0.0)), const(1.0), const(-1.0))
+        else:
+            count = node("Ceil", node("Div", node("Sub", node("Abs", x), const(act.window)), const(act.step)))
+            count = node("Clip", count, const(0.0), const(float(act.space.max_code)))
+            x = node("Mul", node("Mul", node("Sign", x), count), const(act.space.dz))
+    nodes[-1].output[0] = "scores"
+    c, h, w_ = payload["in_shape"]
+    graph = helper.make_graph(
+        nodes, "gxnor",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w_])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", payload["num_classes"]])],
+        inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="gxnor")
+    proto.doc_string = (f"gxnor {cfg.model.arch} W{cfg.quant.weight_states}/A{cfg.quant.act_states}; "
+                        f"input: raw values in [0, {max_value:g}]")
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    atomic_write(Path(path), lambda handle: handle.write(data))
+    return len(data)
