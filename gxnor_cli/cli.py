@@ -435,9 +435,13 @@ def main_options(version: bool = typer.Option(False, "--version", help="Print th
 def main() -> None:
     """Console-script entry: maps errors to exit codes and one-line messages."""
     from .errors import UserError
+    from .interrupt import install_interrupt_handler
 
+    install_interrupt_handler()
     try:
         code = app(standalone_mode=False)  # click returns typer.Exit codes instead of raising
+        if code == 130:  # typer turns Ctrl-C into Exit(130); the runs were already ended KILLED
+            print("gxnor: interrupted", file=sys.stderr)
         sys.exit(code if isinstance(code, int) else 0)
     except UserError as error:
         print(f"gxnor: error: {error}", file=sys.stderr)

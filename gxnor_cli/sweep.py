@@ -101,7 +101,10 @@ def sweep_id(points: list[Point]) -> str:
 def _worker_init(threads: int) -> None:
     import torch
 
+    from .interrupt import install_interrupt_handler
+
     torch.set_num_threads(threads)
+    install_interrupt_handler()
 
 
 def _run_point(overrides: list[str], cfg: Config, parent_id: str, point_key: str, threads: Optional[int]) -> dict:
@@ -153,6 +156,8 @@ def run_sweep(points: list[Point], parent_id: str, jobs: int = 1,
 
     import multiprocessing
 
+    from .interrupt import check_stop
+
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
                              initargs=(threads,)) as pool:
@@ -165,7 +170,8 @@ def run_sweep(points: list[Point], parent_id: str, jobs: int = 1,
                 point.status = "RUNNING"
             update(points)
             while running:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                finished, running = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                check_stop()
                 for future in finished:
                     done(futures[future], future.result())
                 queued = [p for p in pending if p.status == "PENDING"]

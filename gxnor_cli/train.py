@@ -34,9 +34,9 @@ from .data import Dataset, batches
 from .discrete import DST, discrete_layers
 from .errors import UserError
 from .evaluate import evaluate
+from .interrupt import check_stop
 
 EpochCallback = Callable[[dict], None]
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -166,6 +166,7 @@ class Trainer:
             loss = self.loss(scores, y)
             loss.backward()  # discrete layers apply their DST step in here
             self.optimizer.step()
+            check_stop()
             loss_sum += loss.detach() * len(y)
             correct_sum += (scores.detach().argmax(1) == y).sum()
             seen += len(y)

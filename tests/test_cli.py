@@ -129,3 +129,28 @@ def test_resume_refuses_changed_settings(cli, runs_dir):
     assert json.loads(out)["run_id"] == run_id
     (run,) = runs_in_store(runs_dir)
     assert run.info.status == "FINISHED"
+
+
+def _interrupt_after_first_checkpoint(tmp_path, mlflow_template, args):
+    (tmp_path / "sig" / "runs").mkdir(parents=True)
+    shutil.copy(mlflow_template, tmp_path / "sig" / "runs" / "mlflow.db")
+    proc = subprocess.Popen([sys.executable, "-m", "gxnor_cli", *args], cwd=tmp_path / "sig",
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if list((tmp_path / "sig" / "runs" / "checkpoints").glob("*/last.pt")):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err, runs_in_store(tmp_path / "sig" / "runs")
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_ctrl_c_ends_runs_killed_with_exit_130(tmp_path, mlflow_template, command):
+    args = [command, "model.arch=8C3-MP2-32FC-10", "trainer.epochs=500", "trainer.batch_size=4", "data.limit=200"]
+    if command == "sweep":
+        args.append("quant.window=0.3,0.6")
+    code, err, runs = _interrupt_after_first_checkpoint(tmp_path, mlflow_template, args)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert runs and {r.info.status for r in runs} == {"KILLED"}

@@ -231,9 +231,19 @@ class DST:
         return {"rule": self.rule.state_dict(), "lr": self.rule.lr, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rule.load_state_dict(state["rule"])
+        """Restore a state_dict (checkpoints load on the CPU: tensors move to the layers' device)."""
+        device = self.layers[0][1].state.device
+
+        def to_device(obj):
+            if isinstance(obj, torch.Tensor):
+                return obj.to(device)
+            if isinstance(obj, dict):
+                return {k: to_device(v) for k, v in obj.items()}
+            return obj
+
+        self.rule.load_state_dict(to_device(state["rule"]))
         self.rule.lr = state["lr"]
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
 
     def detach(self) -> None:
         """Stop updating: layers go back to accumulating ``weight_grad``."""
