@@ -48,21 +48,35 @@ def fail(message: str) -> None:
     raise UserError(message)
 
 
-def _progress(total: int, first: int = 0):
-    """A per-epoch callback: a rich bar on a terminal, else one plain line per epoch."""
-    if sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class EpochProgress:
+    """Per-epoch progress on stderr: a rich bar on a terminal, else one plain line per epoch."""
 
-        bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       TextColumn("{task.fields[status]}"), console=err, transient=False)
-        task = bar.add_task("train", total=total, completed=first, status="")
-        bar.start()
+    def __init__(self):
+        self.bar, self.task, self.total = None, None, 0
 
-        def update(m: dict) -> None:
-            bar.update(task, completed=m["epoch"], status=f"loss {m['train_loss']:.4f}  val {m['val_acc']:.4f}")
+    def start(self, run_id: str, cfg) -> None:
+        q = cfg.quant
+        print(f"run {run_id}  {cfg.data.name}  {cfg.model.arch}  W{q.weight_states}/A{q.act_states}  "
+              f"dst={cfg.dst.rule}", file=sys.stderr, flush=True)
+        self.total = cfg.trainer.epochs
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        return update, bar.stop
-    return (lambda m: print(_epoch_line(m, total), file=sys.stderr, flush=True)), (lambda: None)
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("{task.fields[status]}"), console=err)
+            self.task = self.bar.add_task("train", total=self.total, status="")
+            self.bar.start()
+
+    def update(self, m: dict) -> None:
+        if self.bar is None:
+            print(_epoch_line(m, self.total), file=sys.stderr, flush=True)
+        else:
+            self.bar.update(self.task, completed=m["epoch"],
+                            status=f"loss {m['train_loss']:.4f}  val {m['val_acc']:.4f}")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _epoch_line(m: dict, total: int) -> str:
@@ -94,20 +108,12 @@ def train(
 
     overrides = list(overrides or [])
     cfg = load_config(overrides, config_dir)
-    stop = [lambda: None]
-
-    def started(run_id: str, run_cfg) -> None:
-        q = run_cfg.quant
-        print(f"run {run_id}  {run_cfg.data.name}  {run_cfg.model.arch}  W{q.weight_states}/A{q.act_states}  "
-              f"dst={run_cfg.dst.rule}", file=sys.stderr, flush=True)
-        progress[0], stop[0] = _progress(run_cfg.trainer.epochs)
-
-    progress = [None]
+    progress = EpochProgress()
     try:
-        result = train_run(cfg, overrides, on_epoch=lambda m: progress[0](m), on_start=started,
+        result = train_run(cfg, overrides, on_epoch=progress.update, on_start=progress.start,
                            tags={"gxnor.command": "train"})
     finally:
-        stop[0]()
+        progress.stop()
     if json_out:
         print(json.dumps(result, indent=1))
         return
