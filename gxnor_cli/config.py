@@ -104,17 +104,24 @@ class DSTConfig:
         _require(self.eps > 0, f"dst.eps must be > 0; got {self.eps}")
 
 
+#: The lr each DST rule works with when optim.lr is null (float weights use Adam's).
+RULE_LR = {"adam": 0.01, "sgd": 20.0, "rms": 0.05}
+
+
 @dataclass
 class OptimConfig:
-    lr: float = 0.01  # learning rate of the DST step rule (and of float weights)
-    lr_end: float = 0.0001  # lr of the last epoch (exp and cosine schedules)
+    lr: Optional[float] = None  # lr of the DST step rule and of float weights (null: the rule's RULE_LR)
+    lr_end: Optional[float] = None  # lr of the last epoch, exp and cosine schedules (null: lr / 100)
     schedule: str = "exp"  # exp | cosine | step | constant, per epoch
     step_every: int = 10  # step schedule: multiply by gamma every this many epochs
     gamma: float = 0.1
+    milestones: list[int] = field(default_factory=list)  # extra x gamma drops at these epochs (any schedule)
     bn_lr: float = 0.01  # Adam lr of the BatchNorm parameters (same schedule shape)
 
     def __post_init__(self):
-        _require(self.lr > 0 and self.lr_end > 0 and self.bn_lr > 0, "optim.lr, optim.lr_end and optim.bn_lr must be > 0")
+        _require(all(m >= 1 for m in self.milestones), f"optim.milestones must be epochs >= 1; got {self.milestones}")
+        _require(all(v is None or v > 0 for v in (self.lr, self.lr_end, self.bn_lr)),
+                 "optim.lr, optim.lr_end and optim.bn_lr must be > 0")
         _require(self.schedule in SCHEDULES,
                  f"optim.schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         _require(self.step_every >= 1, f"optim.step_every must be >= 1; got {self.step_every}")
@@ -159,6 +166,13 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        rule_lr = RULE_LR[self.dst.rule] if self.quant.weight_states else RULE_LR["adam"]
+        if self.optim.lr is None:
+            self.optim.lr = rule_lr
+        if self.optim.lr_end is None:
+            self.optim.lr_end = self.optim.lr / 100
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

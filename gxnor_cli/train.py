@@ -15,6 +15,9 @@ Schedule, per epoch e of E (lr_e also scales the BatchNorm lr):
     exp:     lr_e = lr (lr_end / lr)^(e / (E - 1))
     cosine:  lr_e = lr_end + (lr - lr_end) (1 + cos(pi e / (E - 1))) / 2
     step:    lr_e = lr gamma^floor(e / step_every)
+
+times gamma for every epoch in ``optim.milestones`` already reached (the paper's CIFAR
+recipe drops x0.1 at epochs 1000 and 1600 on top of its exponential decay).
 """
 
 from __future__ import annotations
@@ -57,13 +60,14 @@ def loss_fn(name: str):
 
 def lr_at(cfg: Config, epoch: int) -> float:
     o, last = cfg.optim, max(1, cfg.trainer.epochs - 1)
+    drops = o.gamma ** sum(epoch >= m for m in o.milestones)
     if o.schedule == "exp":
-        return o.lr * (o.lr_end / o.lr) ** (epoch / last)
+        return o.lr * (o.lr_end / o.lr) ** (epoch / last) * drops
     if o.schedule == "cosine":
-        return o.lr_end + (o.lr - o.lr_end) * (1 + math.cos(math.pi * epoch / last)) / 2
+        return (o.lr_end + (o.lr - o.lr_end) * (1 + math.cos(math.pi * epoch / last)) / 2) * drops
     if o.schedule == "step":
-        return o.lr * o.gamma ** (epoch // o.step_every)
-    return o.lr
+        return o.lr * o.gamma ** (epoch // o.step_every) * drops
+    return o.lr * drops
 
 
 class Adam:

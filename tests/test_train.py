@@ -94,3 +94,11 @@ def test_adam_matches_torch_adam():
         ours.step()
         ref.step()
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_milestones_drop_on_top_of_the_schedule():
+    cfg = load_config(["optim=paper_cifar", "trainer=paper_cifar"])
+    assert cfg.trainer.epochs == 2000 and cfg.optim.milestones == [1000, 1600]
+    base = 0.01 * (3e-5 / 0.01) ** (1200 / 1999)
+    assert lr_at(cfg, 1200) == pytest.approx(base * 0.1)
+    assert lr_at(cfg, 1700) == pytest.approx(0.01 * (3e-5 / 0.01) ** (1700 / 1999) * 0.01)
