@@ -65,8 +65,8 @@ def main() -> None:
         r = results[name]
         print(f"{name}: test {r['test_acc']:.4f} val {r['best_val_acc']:.4f} ({wall:.0f} s)", flush=True)
     print()
-    print(f"| row | config | epochs | wall s | val acc | test acc | resting prob | act zero | weight zero | "
-          f"transition rate (last epoch) |")
+    print("| row | config | epochs | wall s | val acc | test acc | resting prob | act zero | weight zero | "
+          "transition rate (last epoch) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | `{r['config']}` | {args.epochs} | {r['wall_s']:.0f} | {r['best_val_acc']:.4f} | "

@@ -1,7 +1,6 @@
 """The CLI through its real entry point, against a real sqlite MLflow store in a temp dir."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess

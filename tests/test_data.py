@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gxnor_cli import data as D
-from gxnor_cli.data import DataError, batches, load_data, read_idx
+from gxnor_cli.data import DataError, batches, load_data
 
 
 def write_idx(path, array, compress=False):
@@ -150,7 +150,7 @@ def test_svhn_mat_files(tmp_path):
         y[0, 0] = 10
         savemat(root / name, {"X": x, "y": y})
         if n == 7:
-            test_x, test_y = x, y
+            test_x = x
     ds = load_data("svhn", str(root))
     assert ds.shape == (3, 32, 32) and len(ds.test) == 7
     assert ds.test.labels[0] == 0  # SVHN stores digit 0 as label 10
