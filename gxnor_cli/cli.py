@@ -48,6 +48,18 @@ def fail(message: str) -> None:
     raise UserError(message)
 
 
+def _checkpoint(ref: str, out_dir: str) -> tuple[Path, dict]:
+    """(path, payload) of the best checkpoint of a run id, run directory or checkpoint file."""
+    from . import checkpoint
+    from .config import Config
+    from .runner import locate_checkpoint
+
+    base = Config()
+    base.trainer.out_dir = out_dir
+    path = locate_checkpoint(ref, base, "best.pt")
+    return path, checkpoint.load(path)
+
+
 class EpochProgress:
     """Per-epoch progress on stderr: a rich bar on a terminal, else one plain line per epoch."""
 
@@ -140,86 +152,31 @@ def evaluate_cmd(
 
     With --engine packed, RUN is an exported file and the numpy gated-XNOR engine runs it,
     reporting its measured events per layer."""
-    from . import checkpoint
-    from .config import Config, from_dict
-    from .data import load_data
-    from .discrete import summarize
-    from .evaluate import evaluate_split
-    from .models import model_from_config
-    from .runner import locate_checkpoint
+    from .evaluate import evaluate_packed, evaluate_run
+    from .report import table
 
     if split not in ("train", "val", "test"):
         fail(f"--split must be train, val or test; got {split!r}")
-    if engine == "packed":
-        return _eval_packed(run, split, json_out, data_root, batch_size)
-    if engine != "torch":
+    if engine not in ("torch", "packed"):
         fail(f"--engine must be torch or packed; got {engine!r}")
-    base = Config()
-    base.trainer.out_dir = out_dir
-    payload = checkpoint.load(locate_checkpoint(run, base, "best.pt"))
-    cfg = from_dict(payload["config"])
-    data = load_data(cfg.data.name, data_root or cfg.data.root, False, cfg.trainer.val_fraction, cfg.trainer.seed)
-    model = model_from_config(cfg, data.shape, data.num_classes)
-    model.load_state_dict(payload["model"])
-    metrics = evaluate_split(model, data, split, batch_size)
-    layers = {}
-    for row in summarize(model):
-        name = f"layer{row['layer'].split('.')[0]}"
-        layers[name] = {"layer": name, **{k: v for k, v in row.items() if k not in ("layer", "zero_frac")}}
-    for key, value in metrics.items():
-        if "." in key:
-            name, metric = key.split(".", 1)
-            layers.setdefault(name, {"layer": name})[metric] = value
-    result = {"run": run, "split": split, "samples": len(data.split(split)), "acc": metrics["acc"],
-              **{k: v for k, v in metrics.items() if "." not in k and k != "acc"}, "layers": list(layers.values())}
+    if engine == "packed":
+        from .engine import PackedModel
+
+        result = {"export": run, **evaluate_packed(PackedModel.load(Path(run)), split, data_root, batch_size)}
+        title, cols = (f"packed engine on the {split} split of {result['data']} ({result['samples']} samples)",
+                       ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob",
+                        "popcount_words"])
+    else:
+        _, payload = _checkpoint(run, out_dir)
+        result = {"run": run, **evaluate_run(payload, split, data_root, batch_size)}
+        title, cols = (f"{split} split of {result['data']} ({result['samples']} samples)",
+                       ["layer", "states", "weights", "weight_zero_frac", "act_zero_frac", "resting_prob"])
     if json_out:
         print(json.dumps(result, indent=1))
         return
-    from .report import table
-
-    table(f"{split} split of {cfg.data.name} ({result['samples']} samples)", ["metric", "value"],
-          [(k, v) for k, v in result.items() if isinstance(v, float)], out)
-    cols = ["layer", "states", "weights", "weight_zero_frac", "act_zero_frac", "resting_prob"]
-    table("per layer", cols, [[row.get(c) for c in cols] for row in result["layers"]], out)
-
-
-def _packed_data(manifest: dict, data_root: Optional[str]):
-    from .data import load_data
-
-    src = manifest.get("source", {})
-    if not src.get("data"):
-        fail("the packed file does not say which dataset it was trained on")
-    return load_data(src["data"], data_root or src.get("data_root"), False, src.get("val_fraction", 0.1),
-                     src.get("seed", 0))
-
-
-def _eval_packed(path: str, split: str, json_out: bool, data_root: Optional[str], batch_size: int) -> None:
-    import time
-
-    from .engine import PackedModel
-
-    model = PackedModel.load(Path(path))
-    data = _packed_data(model.manifest, data_root)
-    part = data.split(split)
-    start = time.perf_counter()
-    predictions = model.predict(part.images.numpy(), batch_size)
-    seconds = time.perf_counter() - start
-    acc = float((predictions == part.labels.numpy()).mean())
-    layers = model.event_table()
-    pairs, opened = sum(l["pairs"] for l in layers[1:]), sum(l["gates_opened"] for l in layers[1:])
-    result = {"export": path, "engine": "packed", "split": split, "samples": len(part), "acc": acc,
-              "resting_prob": 1 - opened / pairs if pairs else 0.0, "samples_per_s": len(part) / seconds,
-              "layers": layers}
-    if json_out:
-        print(json.dumps(result, indent=1))
-        return
-    from .report import table
-
-    table(f"packed engine on the {split} split of {model.manifest['source'].get('data')} ({len(part)} samples)",
-          ["metric", "value"], [(k, v) for k, v in result.items() if isinstance(v, float)], out)
-    cols = ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob", "popcount_words"]
-    table("events per layer (resting_prob above: all layers but the first, which sees real inputs)", cols,
-          [[row[c] for c in cols] for row in layers], out)
+    table(title, ["metric", "value"], [(k, v) for k, v in result.items() if isinstance(v, float)], out)
+    table("per layer (resting_prob above: the layers after the first, which sees real inputs)", cols,
+          [[row.get(c) for c in cols] for row in result["layers"]], out)
 
 
 def _is_packed(path: str) -> bool:
@@ -242,17 +199,12 @@ def export(
 ):
     """Write a trained model as it really is: states packed at their bit width, BatchNorm and
     activations folded into integer thresholds; logged to the run in MLflow."""
-    from . import checkpoint, tracking
-    from .config import Config
+    from . import tracking
     from .export import export_run, fp32_state_bytes, packed_weight_bytes
-    from .runner import locate_checkpoint
 
     if fmt not in ("packed", "onnx"):
         fail(f"--format must be packed or onnx; got {fmt!r}")
-    base = Config()
-    base.trainer.out_dir = out_dir
-    ckpt = locate_checkpoint(run, base, "best.pt")
-    payload = checkpoint.load(ckpt)
+    ckpt, payload = _checkpoint(run, out_dir)
     run_id = payload.get("run_id") or Path(run).stem
     manifest = None
     if fmt == "onnx":
@@ -291,44 +243,22 @@ def summary(
     json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ):
     """Per-layer states, bits, bytes at rest, MACs and gated operations measured on data."""
-    import math
     import tempfile
 
     from .engine import PackedModel
+    from .evaluate import packed_summary
 
     if _is_packed(target):
-        path, size = Path(target), Path(target).stat().st_size
-        model = PackedModel.load(path)
+        size, model = Path(target).stat().st_size, PackedModel.load(Path(target))
     else:
-        from . import checkpoint
-        from .config import Config
         from .export import export_run
-        from .runner import locate_checkpoint
 
-        base = Config()
-        base.trainer.out_dir = out_dir
-        ckpt = locate_checkpoint(target, base, "best.pt")
+        ckpt, payload = _checkpoint(target, out_dir)
         with tempfile.TemporaryDirectory() as tmp:
-            manifest, _ = export_run(checkpoint.load(ckpt), ckpt, Path(tmp) / "model.gxnor")
-            size = manifest["bytes"]
+            size = export_run(payload, ckpt, Path(tmp) / "model.gxnor")[0]["bytes"]
             model = PackedModel.load(Path(tmp) / "model.gxnor")
-    data = _packed_data(model.manifest, data_root)
-    images = data.test.images[:samples].numpy()
-    model.predict(images)
-    n = len(images)
-    rows = []
-    for layer, events in zip(model.manifest["layers"], model.event_table()):
-        w = layer["weight"]
-        weights = int(np.prod(w["shape"]))
-        rows.append({"layer": layer["name"], "kind": layer["kind"], "states": w["states"], "weights": weights,
-                     "bits": w["bits"], "bytes": math.ceil(weights * w["bits"] / 8), "macs": events["pairs"] // n,
-                     "gated_ops": events["gates_opened"] / n, "resting_prob": events["resting_prob"],
-                     "mode": events["mode"]})
-    total_w = sum(r["weights"] for r in rows)
-    totals = {"weights": total_w, "bytes": sum(r["bytes"] for r in rows), "file_bytes": size,
-              "fp32_bytes": 4 * total_w, "compression_vs_fp32": 4 * total_w / size,
-              "macs": sum(r["macs"] for r in rows), "gated_ops": sum(r["gated_ops"] for r in rows),
-              "samples": n}
+    rows, totals = packed_summary(model, size, samples, data_root)
+    n = totals["samples"]
     if json_out:
         print(json.dumps({"layers": rows, "totals": totals}, indent=1))
         return
@@ -336,9 +266,10 @@ def summary(
 
     cols = ["layer", "kind", "states", "weights", "bits", "bytes", "macs", "gated_ops", "resting_prob", "mode"]
     table(f"per layer (MACs and gated ops per sample, measured on {n} test samples)", cols,
-          [[r[c] for c in cols] + [] for r in rows] + [["total", "", "", totals["weights"], "", totals["bytes"],
-                                                       totals["macs"], totals["gated_ops"], "", ""]], out)
-    out.print(f"file {size:,} bytes; fp32 weights {4 * total_w:,} bytes; {totals['compression_vs_fp32']:.1f}x smaller; "
+          [[r[c] for c in cols] for r in rows] + [["total", "", "", totals["weights"], "", totals["bytes"],
+                                                  totals["macs"], totals["gated_ops"], "", ""]], out)
+    out.print(f"file {size:,} bytes; fp32 weights {totals['fp32_bytes']:,} bytes; "
+              f"{totals['compression_vs_fp32']:.1f}x smaller; "
               f"{1 - totals['gated_ops'] / totals['macs']:.3f} of all MACs gated off", highlight=False)
 
 

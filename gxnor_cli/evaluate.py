@@ -168,3 +168,79 @@ def state_histograms(model: nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
         for handle in handles:
             handle.remove()
     return weights, acts
+
+
+# -- reports on trained runs and packed files (used by the CLI) -------------------------------
+def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 1000) -> dict:
+    """Accuracy, zero shares and resting probabilities of a checkpoint payload on a split."""
+    from .config import from_dict
+    from .data import load_data
+    from .discrete import summarize
+    from .models import model_from_config
+
+    cfg = from_dict(payload["config"])
+    data = load_data(cfg.data.name, data_root or cfg.data.root, False, cfg.trainer.val_fraction, cfg.trainer.seed)
+    model = model_from_config(cfg, data.shape, data.num_classes)
+    model.load_state_dict(payload["model"])
+    metrics = evaluate_split(model, data, split, batch_size)
+    layers = {}
+    for row in summarize(model):
+        name = label(row["layer"])
+        layers[name] = {"layer": name, **{k: v for k, v in row.items() if k not in ("layer", "zero_frac")}}
+    for key, value in metrics.items():
+        if "." in key:
+            name, metric = key.split(".", 1)
+            layers.setdefault(name, {"layer": name})[metric] = value
+    return {"data": cfg.data.name, "split": split, "samples": len(data.split(split)), "acc": metrics["acc"],
+            **{k: v for k, v in metrics.items() if "." not in k and k != "acc"}, "layers": list(layers.values())}
+
+
+def packed_data(manifest: dict, data_root=None) -> Dataset:
+    """The dataset a packed model was trained on, as its manifest records it."""
+    from .data import load_data
+    from .errors import UserError
+
+    src = manifest.get("source", {})
+    if not src.get("data"):
+        raise UserError("the packed file does not say which dataset it was trained on")
+    return load_data(src["data"], data_root or src.get("data_root"), False, src.get("val_fraction", 0.1),
+                     src.get("seed", 0))
+
+
+def evaluate_packed(model, split: str, data_root=None, batch_size: int = 256) -> dict:
+    """Accuracy and per-layer events of the packed engine on a split."""
+    import time
+
+    data = packed_data(model.manifest, data_root)
+    part = data.split(split)
+    start = time.perf_counter()
+    predictions = model.predict(part.images.numpy(), batch_size)
+    seconds = time.perf_counter() - start
+    layers = model.event_table()
+    pairs, opened = sum(l["pairs"] for l in layers[1:]), sum(l["gates_opened"] for l in layers[1:])
+    return {"engine": "packed", "data": data.name, "split": split, "samples": len(part),
+            "acc": float((predictions == part.labels.numpy()).mean()),
+            "resting_prob": 1 - opened / pairs if pairs else 0.0, "samples_per_s": len(part) / seconds,
+            "layers": layers}
+
+
+def packed_summary(model, file_bytes: int, samples: int = 256, data_root=None) -> tuple[list[dict], dict]:
+    """Per layer: states, weights, bits, bytes at rest, MACs and gated ops per sample measured on
+    ``samples`` test images; totals with the compression against fp32 weights."""
+    images = packed_data(model.manifest, data_root).test.images[:samples].numpy()
+    model.reset_events()
+    model.predict(images)
+    n = len(images)
+    rows = []
+    for layer, events in zip(model.manifest["layers"], model.event_table()):
+        w = layer["weight"]
+        weights = math.prod(w["shape"])
+        rows.append({"layer": layer["name"], "kind": layer["kind"], "states": w["states"], "weights": weights,
+                     "bits": w["bits"], "bytes": math.ceil(weights * w["bits"] / 8), "macs": events["pairs"] // n,
+                     "gated_ops": events["gates_opened"] / n, "resting_prob": events["resting_prob"],
+                     "mode": events["mode"]})
+    total = sum(r["weights"] for r in rows)
+    totals = {"weights": total, "bytes": sum(r["bytes"] for r in rows), "file_bytes": file_bytes,
+              "fp32_bytes": 4 * total, "compression_vs_fp32": 4 * total / file_bytes,
+              "macs": sum(r["macs"] for r in rows), "gated_ops": sum(r["gated_ops"] for r in rows), "samples": n}
+    return rows, totals

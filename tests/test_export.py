@@ -105,6 +105,12 @@ def test_export_and_summary_commands(cli, runs_dir):
     assert totals["compression_vs_fp32"] == pytest.approx(4 * totals["weights"] / target.stat().st_size)
     assert totals["bytes"] == sum(-(-row["weights"] * 2 // 8) for row in summary["layers"])
     assert totals["samples"] == 20
+    code, out, err = cli("summary", result["run_id"], "--samples", "10")  # from the run, as a table
+    assert code == 0, err
+    assert "x smaller" in out and "of all MACs gated off" in out
+    code, out, err = cli("eval", "--engine", "packed", str(target))
+    assert code == 0, err
+    assert "gated-xnor" in out and "popcount_words" in out
     assert all(0 <= row["resting_prob"] <= 1 for row in summary["layers"])
 
 
