@@ -193,7 +193,7 @@ class Trainer:
                 rates = self.dst.transition_rates()
                 for name, rate in rates.items():
                     metrics[f"layer{name.split('.')[0]}.transition_rate"] = rate
-                n = {name: layer.num_weights for name, layer in discrete_layers(self.model)}
+                n = {name: layer.num_weights for name, layer in self.dst.layers}
                 metrics["transition_rate"] = sum(rates[k] * n[k] for k in rates) / sum(n.values())
             val = evaluate(self.model, self.val_split, self.data.max_value, measure=True)
             metrics["val_acc"] = val.pop("acc")

@@ -221,10 +221,6 @@ def discrete_layers(model: nn.Module) -> list[tuple[str, DiscreteLayer]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, DiscreteLayer)]
 
 
-def fan_in(layer: DiscreteLayer) -> int:
-    return math.prod(layer.state.shape[1:])
-
-
 def summarize(model: nn.Module) -> list[dict]:
     """Per discrete layer: states, weights, bits per weight, packed bytes at rest, zero share.
 
