@@ -35,7 +35,7 @@ def main() -> None:
     blocks = layers[0].row_blocks()
     grads = [[layer.weight_grad_rows(x, g[:, rows], rows) for rows in blocks] for layer, g in zip(layers, gs)]
 
-    dsts = {rule: DST(model, rule=rule, lr=0.5 if rule != "sgd" else 50.0) for rule in ("sgd", "rms", "adam")}
+    dsts = {rule: DST(model, rule=rule, lr=0.5 if rule != "sgd" else 50.0) for rule in ("sgd", "rms", "mom8", "adam")}
 
     def dst_step(rule: str):
         dst = dsts[rule]

@@ -4,7 +4,7 @@ Model: a weight-dominated MLP, 784 -> 3 x 2048 -> 10, BatchNorm + ternary activa
 every hidden layer, batch 100 (about 10.5 M weights).  Each variant runs in its own fresh
 process:
 
-    gxnor-sgd, gxnor-rms, gxnor-adam   discrete layers (int8 states) trained by DST
+    gxnor-sgd, -rms, -mom8, -adam      discrete layers (int8 states) trained by DST
     latent-adam                        fp32 latent weights, ternarised in forward with a
                                        straight-through estimator, torch Adam (the way
                                        BinaryConnect / larq / brevitas train)
@@ -29,7 +29,7 @@ import subprocess
 import sys
 
 HIDDEN, LAYERS, BATCH, IN, OUT = 2048, 3, 100, 784, 10
-VARIANTS = ("gxnor-sgd", "gxnor-rms", "gxnor-adam", "latent-adam")
+VARIANTS = ("gxnor-sgd", "gxnor-rms", "gxnor-mom8", "gxnor-adam", "latent-adam")
 
 
 def rss_kib(field: str) -> int:

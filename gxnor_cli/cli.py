@@ -23,10 +23,11 @@ Configuration is composed by Hydra from conf/ and overridden with key=value word
 
 Groups (pick one option):  data=digits|mnist|fashion_mnist|cifar10|svhn
   model=digits_net|mnist_net|cifar_net   quant=gxnor|bnn|twn|multilevel|float
-  dst=adam|sgd|rms   optim=default   trainer=default   tracking=default
+  dst=adam|sgd|rms|mom8   optim=default|paper_mnist|paper_cifar   tracking=default
+  trainer=default|paper_mnist|paper_cifar   experiment=fashion_gxnor (tuned, across groups)
 
 Keys (set a value):  quant.weight_states=3  quant.act_states=3  quant.window=0.5
-  quant.pulse=rect|tri  quant.pulse_width=0.5  dst.m=3  optim.lr=0.01
+  quant.pulse=rect|tri  quant.pulse_width=0.5  dst.m=3  dst.beta1=0.9  optim.lr=0.01
   optim.lr_end=1e-4  optim.schedule=exp|cosine|step|constant  trainer.epochs=30
   trainer.batch_size=64  trainer.seed=0  trainer.device=auto|cpu|cuda
   model.arch=32C5-MP2-64C5-MP2-512FC-10  data.root=DIR  data.download=true
@@ -111,7 +112,7 @@ def train(
 
       gxnor train
 
-      gxnor train data=fashion_mnist model=mnist_net trainer.epochs=20
+      gxnor train experiment=fashion_gxnor
 
       gxnor train quant=multilevel quant.window=0.25 dst=rms
     """

@@ -89,12 +89,13 @@ class QuantConfig:
 
 @dataclass
 class DSTConfig:
-    rule: str = "adam"  # how dW is proposed: adam | sgd | rms
+    rule: str = "adam"  # how dW is proposed: adam | sgd | rms | mom8
     m: float = 3.0  # nonlinear factor of tau = tanh(m |nu| / dz)
-    beta1: float = 0.9  # adam
+    beta1: float = 0.9  # adam; mom8's momentum factor
     beta2: float = 0.999  # adam
     eps: float = 1e-8  # adam
-    rms_beta: float = 0.0  # rms: EMA factor of the per-tensor mean square (0: this step only)
+    rms_beta: float = 0.0  # rms, mom8: EMA factor of the per-tensor mean square (0: this step only)
+    mom8_range: float = 1.0  # mom8: the int8 momentum covers [-R, R] (units of the gradient's RMS)
 
     def __post_init__(self):
         _require(self.rule in RULES, f"dst.rule must be one of {', '.join(RULES)}; got {self.rule!r}")
@@ -102,10 +103,11 @@ class DSTConfig:
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "dst.beta1 and dst.beta2 must be in [0, 1)")
         _require(0 <= self.rms_beta < 1, f"dst.rms_beta must be in [0, 1); got {self.rms_beta}")
         _require(self.eps > 0, f"dst.eps must be > 0; got {self.eps}")
+        _require(self.mom8_range > 0, f"dst.mom8_range must be > 0; got {self.mom8_range}")
 
 
 #: The lr each DST rule works with when optim.lr is null (float weights use Adam's).
-RULE_LR = {"adam": 0.01, "sgd": 20.0, "rms": 0.05}
+RULE_LR = {"adam": 0.01, "sgd": 20.0, "rms": 0.01, "mom8": 0.01}
 
 
 @dataclass
@@ -179,6 +181,9 @@ class Config:
 
 
 GROUPS = tuple(f.name for f in dataclasses.fields(Config))
+#: Groups chosen on the command line: one per section, plus experiment presets (conf/experiment/,
+#: `# @package _global_`) that pick options and set keys across sections for one tuned setting.
+SELECTABLE = (*GROUPS, "experiment")
 
 
 def default_config_dir() -> Path:
@@ -213,7 +218,7 @@ def _check_overrides(overrides: list[str], config_dir: Path, allow_sweep: bool =
             raise ConfigError(f"override {text!r} is a sweep; use `gxnor sweep` for grids")
         if override.package is not None:
             raise ConfigError(f"override {text!r}: package overrides (@) are not supported")
-        if key in GROUPS:
+        if key in SELECTABLE:
             options = group_options(config_dir, key)
             values = [str(v) for v in override.sweep_iterator()] if override.is_sweep_override() \
                 else [str(override.value())]

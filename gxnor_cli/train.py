@@ -129,7 +129,7 @@ class Trainer:
         if discrete_layers(model):
             d = cfg.dst
             rule_kw = {"adam": dict(beta1=d.beta1, beta2=d.beta2, eps=d.eps), "rms": dict(beta=d.rms_beta),
-                       "sgd": {}}[d.rule]
+                       "mom8": dict(beta=d.beta1, rms_beta=d.rms_beta, bound=d.mom8_range), "sgd": {}}[d.rule]
             self.dst = DST(model, rule=d.rule, lr=cfg.optim.lr, m=d.m, seed=cfg.trainer.seed, **rule_kw)
         # discrete layers have no parameters: what is left is BatchNorm and any float weights
         norm_params, float_params = [], []

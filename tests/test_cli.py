@@ -75,9 +75,16 @@ def test_corrupt_checkpoint_is_refused(cli, runs_dir, tmp_path):
     assert code == 2 and "corrupt checkpoint" in err
 
 
-def test_help_explains_groups(cli):
+def test_help_lists_every_group_option_shipped_in_conf(cli):
+    from gxnor_cli.config import SELECTABLE, default_config_dir, group_options
+
     code, out, _ = cli("train", "--help")
-    assert code == 0 and "quant=gxnor|bnn|twn|multilevel|float" in out and "gxnor train data=fashion_mnist" in out
+    assert code == 0 and "gxnor train experiment=fashion_gxnor" in out
+    words = set(out.replace("|", " ").replace("=", " ").split())
+    for group in SELECTABLE:
+        assert group in words
+        missing = [o for o in group_options(default_config_dir(), group) if o not in words]
+        assert not missing, f"{group} options missing from --help: {missing}"
 
 
 def test_resume_after_kill_matches_uninterrupted_run(cli, runs_dir, tmp_path, mlflow_template):

@@ -24,6 +24,14 @@ def test_defaults_compose_into_typed_config():
     (["model=mnist_net"], lambda c: c.model.arch == "32C5-MP2-64C5-MP2-512FC-10" and c.model.padding == 0),
     (["model=cifar_net", "data=cifar10"], lambda c: c.model.arch.startswith("2x128C3") and c.data.augment),
     (["quant.window=0.7", "quant.pulse=tri"], lambda c: c.quant.window == 0.7 and c.quant.pulse == "tri"),
+    (["dst=mom8"], lambda c: c.dst.rule == "mom8" and c.optim.lr == 0.01 and c.dst.mom8_range == 1.0),
+    # an experiment picks options and sets keys across sections ...
+    (["experiment=fashion_gxnor"], lambda c: (c.data.name, c.model.padding, c.trainer.batch_size, c.dst.beta1,
+                                              c.trainer.epochs) == ("fashion_mnist", 0, 256, 0.99, 20)),
+    # ... a group chosen beside it keeps the experiment's keys, and command-line keys win in any order
+    (["experiment=fashion_gxnor", "dst=mom8"], lambda c: c.dst.rule == "mom8" and c.dst.beta1 == 0.99),
+    (["trainer.batch_size=64", "experiment=fashion_gxnor"], lambda c: c.trainer.batch_size == 64),
+    (["experiment=fashion_gxnor", "data=digits"], lambda c: c.data.name == "digits" and c.dst.beta1 == 0.99),
 ])
 def test_groups_and_keys(overrides, check):
     assert check(load_config(overrides))
@@ -44,6 +52,8 @@ def test_groups_and_keys(overrides, check):
     ("dst.m=0", "dst.m"),
     ("data=imagenet", "unknown data option 'imagenet'"),
     ("quant=ternaryish", "available: bnn, float, gxnor, multilevel, twn"),
+    ("experiment=mnist_best", "unknown experiment option 'mnist_best'; available: fashion_gxnor"),
+    ("dst.mom8_range=0", "dst.mom8_range must be > 0"),
     ("+quant.extra=1", "adding or deleting keys is not allowed"),
     ("++trainer.epochs=3", "adding or deleting keys is not allowed"),
     ("~quant.window", "adding or deleting keys is not allowed"),

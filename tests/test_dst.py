@@ -80,7 +80,7 @@ def train_steps(rule, steps=5, seed=0, states=3, lr=0.5):
     return model, dst
 
 
-@pytest.mark.parametrize("rule", ["adam", "sgd", "rms"])
+@pytest.mark.parametrize("rule", ["adam", "sgd", "rms", "mom8"])
 def test_same_seed_same_result_and_states_move(rule):
     a, _ = train_steps(rule, seed=11, lr=50.0 if rule == "sgd" else 0.5)
     b, dst = train_steps(rule, seed=11, lr=50.0 if rule == "sgd" else 0.5)
@@ -114,13 +114,33 @@ def test_rms_normalises_by_per_tensor_rms():
     assert torch.all((got == kappa) | (got == kappa - 1))
 
 
+def test_mom8_momentum_follows_the_formula_and_its_int8_code_is_unbiased():
+    """M = beta M + (1 - beta) g / rms(g), dW = -lr M, M coded as int8 in units of R/127 (R = 1 by default)."""
+    layer = DiscreteLinear(2, 1, 9)
+    dst = DST(layer, rule="mom8", lr=0.5, beta=0.9)
+    rule, unit = dst.rule, 1.0 / 127
+    x = torch.tensor([[3.0, 4.0]])  # g = [3, 4], rms = sqrt(12.5)
+    layer(x).sum().backward()
+    m1 = 0.1 * torch.tensor([3.0, 4.0]) / math.sqrt(12.5)
+    code = next(iter(rule.code.values()))[0].float()
+    assert torch.all((code == torch.floor(m1 / unit)) | (code == torch.floor(m1 / unit) + 1))
+    # unbiased stochastic rounding: over many weights the mean code equals the mean momentum
+    wide = DiscreteLinear(20000, 1, 3)
+    dst = DST(wide, rule="mom8", lr=0.01, beta=0.9, seed=3)
+    xw = torch.full((1, 20000), 0.3)  # every g equal -> g / rms = 1 -> M = 0.1 = 12.7 codes
+    wide(xw).sum().backward()
+    codes = next(iter(dst.rule.code.values())).float()
+    assert set(codes.unique().tolist()) == {12.0, 13.0}
+    assert codes.mean().item() == pytest.approx(0.1 / unit, abs=5 * 0.5 / math.sqrt(20000))
+
+
 def test_linear_grad_sq_norm_gram_identity_is_exact():
     layer = DiscreteLinear(40, 30, 3)
     x, g = torch.randn(5, 40), torch.randn(5, 30)
     assert layer.grad_sq_norm(x, g).item() == pytest.approx((g.t() @ x).square().sum().item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("rule, per_weight", [("adam", 8), ("sgd", 0), ("rms", 0)])
+@pytest.mark.parametrize("rule, per_weight", [("adam", 8), ("sgd", 0), ("rms", 0), ("mom8", 1)])
 def test_optimizer_state_bytes(rule, per_weight):
     model, dst = train_steps(rule, steps=2)
     n = sum(m.num_weights for m in model if isinstance(m, DiscreteLinear))
@@ -135,8 +155,9 @@ def test_state_dict_holds_int8_states_and_no_float_weight():
     assert not list(model.parameters())
 
 
-def test_dst_checkpoint_round_trip_continues_identically():
-    model, dst = train_steps("adam", steps=3)
+@pytest.mark.parametrize("rule", ["adam", "mom8"])
+def test_dst_checkpoint_round_trip_continues_identically(rule):
+    model, dst = train_steps(rule, steps=3)
     saved_model = {k: v.clone() for k, v in model.state_dict().items()}
     saved_dst = copy.deepcopy(dst.state_dict())  # like torch optimizers, it holds references
     x = torch.randn(8, 16, generator=gen(9))
@@ -148,7 +169,7 @@ def test_dst_checkpoint_round_trip_continues_identically():
     first = one_more(model, dst)
     model2 = mlp()
     model2.load_state_dict(saved_model)
-    dst2 = DST(model2, rule="adam", lr=0.5)
+    dst2 = DST(model2, rule=rule, lr=0.5)
     dst2.load_state_dict(saved_dst)
     assert torch.equal(one_more(model2, dst2), first)
 

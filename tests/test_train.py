@@ -40,7 +40,7 @@ def make_trainer(tmp_path, overrides, name):
     return Trainer(cfg, model, data, torch.device("cpu"), tmp_path / name)
 
 
-@pytest.mark.parametrize("rule", ["adam", "rms"])
+@pytest.mark.parametrize("rule", ["adam", "rms", "mom8"])
 def test_resume_equals_uninterrupted(tmp_path, rule):
     from gxnor_cli import checkpoint
 

@@ -18,6 +18,8 @@ dW comes from a *step rule*, chosen by name:
            EMA over steps with factor beta              (ours; O(1) state per tensor)
     adam   dW = -lr_t m / (sqrt(v) + eps), Adam moments m, v per weight, lr_t with
            bias correction as in Lasagne                (the authors' code; 8 B/weight)
+    mom8   dW = -lr M,  M <- beta M + (1 - beta) g / sqrt(v), v as in rms, M kept per
+           weight as an int8 code of M in [-R, R] (stochastic rounding)  (ours; 1 B/weight)
 
 :class:`DST` installs itself as the gradient *sink* of every discrete layer: the layer
 hands it one block of weight gradient at a time during backward and the states change
@@ -35,7 +37,7 @@ from torch import nn
 from .layers import DiscreteLayer, discrete_layers
 from .space import Space
 
-RULES = ("adam", "sgd", "rms")
+RULES = ("adam", "sgd", "rms", "mom8")
 
 
 def transition(code: torch.Tensor, dw: torch.Tensor, space: Space, m: float,
@@ -67,6 +69,7 @@ class StepRule:
 
     def __init__(self, lr: float):
         self.lr = lr
+        self.generator: Optional[torch.Generator] = None  # set by DST: the draws' generator
 
     def begin(self, key: str, layer: DiscreteLayer, x: torch.Tensor, grad_out: torch.Tensor) -> None:
         """Start of a layer's backward (whole-step statistics go here)."""
@@ -100,7 +103,7 @@ class RMSRule(StepRule):
         self.beta, self.eps = beta, eps
         self.v: dict[str, torch.Tensor] = {}
         self.t: dict[str, int] = {}
-        self.scale: dict[str, torch.Tensor] = {}
+        self.inv_rms: dict[str, torch.Tensor] = {}
 
     def begin(self, key, layer, x, grad_out):
         v = layer.grad_sq_norm(x, grad_out) / layer.num_weights
@@ -109,10 +112,10 @@ class RMSRule(StepRule):
             v = self.v.get(key, torch.zeros_like(v)) * self.beta + (1 - self.beta) * v
             self.v[key], self.t[key] = v, t
             v = v / (1 - self.beta**t)
-        self.scale[key] = -self.lr / (v.sqrt() + self.eps)
+        self.inv_rms[key] = 1 / (v.sqrt() + self.eps)
 
     def propose(self, key, layer, rows, grad):
-        return grad.mul_(self.scale[key])
+        return grad.mul_(self.inv_rms[key] * -self.lr)
 
     def state_dict(self):
         return {"v": dict(self.v), "t": dict(self.t)}
@@ -122,6 +125,54 @@ class RMSRule(StepRule):
 
     def state_bytes(self):
         return sum(v.numel() * v.element_size() for v in self.v.values())
+
+
+class Mom8Rule(RMSRule):
+    """Momentum of the RMS-normalised gradient, stored as one int8 code per weight.
+
+        M <- clip(beta M + (1 - beta) g / sqrt(v), -R, R),   dW = -lr M
+
+    v is the per-tensor mean square of g (this step's, or an EMA with ``rms_beta``), R the
+    ``bound`` (1: a steady gradient saturates M, as it saturates Adam's m / sqrt(v)).  M is
+    kept as c = round_s(127 M / R) in int8, where round_s rounds up with probability equal
+    to the fraction (unbiased: E[c] = 127 M / R, so small updates are not lost to rounding).
+    A weight's training state is then 2 bytes: its state code and its momentum code.
+
+    Why momentum: a weight whose gradient is noise around zero moves with probability
+    ~ m lr |g / sqrt(v)| per step under ``rms``, but only ~ m lr |M| here, and |M| is about
+    sqrt((1 - beta) / (1 + beta)) of |g / sqrt(v)| (a quarter at beta = 0.9), while a weight
+    with a steady gradient drifts at the same rate under both.
+    """
+
+    def __init__(self, lr: float, beta: float = 0.9, rms_beta: float = 0.0, eps: float = 1e-12,
+                 bound: float = 1.0):
+        super().__init__(lr, rms_beta, eps)
+        self.momentum_beta, self.bound = beta, bound
+        self.code: dict[str, torch.Tensor] = {}
+
+    def begin(self, key, layer, x, grad_out):
+        super().begin(key, layer, x, grad_out)
+        if key not in self.code:
+            self.code[key] = torch.zeros(layer.state.shape, dtype=torch.int8, device=x.device)
+
+    def propose(self, key, layer, rows, grad):
+        code = self.code[key][rows]
+        beta, unit = self.momentum_beta, self.bound / 127
+        momentum = code.to(grad.dtype).mul_(beta * unit).add_(grad.mul_(self.inv_rms[key] * (1 - beta)))
+        momentum.clamp_(-self.bound, self.bound)
+        u = torch.rand(momentum.shape, generator=self.generator, device=momentum.device, dtype=momentum.dtype)
+        code.copy_(u.add_(momentum, alpha=1 / unit).floor_().to(torch.int8))
+        return momentum.mul_(-self.lr)
+
+    def state_dict(self):
+        return {**super().state_dict(), "code": dict(self.code)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.code = dict(state.get("code", {}))
+
+    def state_bytes(self):
+        return super().state_bytes() + sum(c.numel() for c in self.code.values())
 
 
 class AdamRule(StepRule):
@@ -159,8 +210,8 @@ class AdamRule(StepRule):
 
 
 def make_rule(name: str, lr: float, **kw) -> StepRule:
-    """Step rule by name: adam | sgd | rms (keyword settings go to its constructor)."""
-    rules = {"adam": AdamRule, "sgd": SGDRule, "rms": RMSRule}
+    """Step rule by name: adam | sgd | rms | mom8 (keyword settings go to its constructor)."""
+    rules = {"adam": AdamRule, "sgd": SGDRule, "rms": RMSRule, "mom8": Mom8Rule}
     if name not in rules:
         raise ValueError(f"unknown DST rule {name!r}; choose one of {', '.join(RULES)}")
     return rules[name](lr, **kw)
@@ -181,11 +232,12 @@ class DST:
         if not self.layers:
             raise ValueError("the model has no discrete layers to train with DST")
         self.names = {id(layer): name for name, layer in self.layers}
-        self.rule = make_rule(rule, lr, **rule_kw)
         self.m = m
         device = self.layers[0][1].state.device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
+        self.rule = make_rule(rule, lr, **rule_kw)
+        self.rule.generator = self.generator
         self._changed = {name: torch.zeros((), dtype=torch.long, device=device) for name, _ in self.layers}
         self._updates = {name: 0 for name, _ in self.layers}
         for _, layer in self.layers:
