@@ -224,7 +224,7 @@ def export(
             tracking.Run(uri, "", out_dir, run_id=payload["run_id"], keep_status=True).log_artifact(target, "export")
             logged = True
         except Exception:  # the file is written either way; tracking is best effort here
-            logged = False
+            pass
     print(f"wrote {target} ({size:,} bytes){'  logged to run ' + payload['run_id'] if logged else ''}")
     if manifest is None:
         return

@@ -41,6 +41,7 @@ from .interrupt import check_stop
 
 EpochCallback = Callable[[dict], None]
 
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -86,7 +87,7 @@ class Adam:
         self.m = [[torch.zeros_like(p) for p in g["params"]] for g in self.param_groups]
         self.v = [[torch.zeros_like(p) for p in g["params"]] for g in self.param_groups]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
         for group in self.param_groups:
             for p in group["params"]:
                 p.grad = None
@@ -165,7 +166,7 @@ class Trainer:
         correct_sum = torch.zeros((), dtype=torch.long, device=self.device)
         for x, y in batches(self.train_split, cfg.trainer.batch_size, self.data.max_value, shuffle,
                             augment_images=cfg.data.augment):
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             scores = self.model(x)
             loss = self.loss(scores, y)
             loss.backward()  # discrete layers apply their DST step in here

@@ -103,7 +103,7 @@ class RMSRule(StepRule):
         self.beta, self.eps = beta, eps
         self.v: dict[str, torch.Tensor] = {}
         self.t: dict[str, int] = {}
-        self.inv_rms: dict[str, torch.Tensor] = {}
+        self.scale: dict[str, torch.Tensor] = {}  # this step's gain / rms(g), per tensor
 
     def begin(self, key, layer, x, grad_out):
         v = layer.grad_sq_norm(x, grad_out) / layer.num_weights
@@ -112,10 +112,14 @@ class RMSRule(StepRule):
             v = self.v.get(key, torch.zeros_like(v)) * self.beta + (1 - self.beta) * v
             self.v[key], self.t[key] = v, t
             v = v / (1 - self.beta**t)
-        self.inv_rms[key] = 1 / (v.sqrt() + self.eps)
+        self.scale[key] = self.gain() / (v.sqrt() + self.eps)
+
+    def gain(self) -> float:
+        """What g / rms(g) is multiplied by: -lr (dW itself)."""
+        return -self.lr
 
     def propose(self, key, layer, rows, grad):
-        return grad.mul_(self.inv_rms[key] * -self.lr)
+        return grad.mul_(self.scale[key])
 
     def state_dict(self):
         return {"v": dict(self.v), "t": dict(self.t)}
@@ -155,10 +159,14 @@ class Mom8Rule(RMSRule):
         if key not in self.code:
             self.code[key] = torch.zeros(layer.state.shape, dtype=torch.int8, device=x.device)
 
+    def gain(self) -> float:
+        """(1 - beta): the new gradient's share of the momentum."""
+        return 1 - self.momentum_beta
+
     def propose(self, key, layer, rows, grad):
         code = self.code[key][rows]
-        beta, unit = self.momentum_beta, self.bound / 127
-        momentum = code.to(grad.dtype).mul_(beta * unit).add_(grad.mul_(self.inv_rms[key] * (1 - beta)))
+        unit = self.bound / 127
+        momentum = code.to(grad.dtype).mul_(self.momentum_beta * unit).add_(grad.mul_(self.scale[key]))
         momentum.clamp_(-self.bound, self.bound)
         u = torch.rand(momentum.shape, generator=self.generator, device=momentum.device, dtype=momentum.dtype)
         code.copy_(u.add_(momentum, alpha=1 / unit).floor_().to(torch.int8))
