@@ -37,8 +37,8 @@ def main() -> None:
 
     from gxnor_cli import checkpoint
     from gxnor_cli.config import load_config
-    from gxnor_cli.data import load_data
     from gxnor_cli.engine import PackedModel
+    from gxnor_cli.evaluate import packed_data
     from gxnor_cli.export import export_run, predict_torch
     from gxnor_cli.runner import prepare
     from gxnor_cli.train import Trainer
@@ -52,10 +52,9 @@ def main() -> None:
             Trainer(cfg, model, data, torch.device("cpu"), Path(tmp)).fit()
             ckpt = Path(tmp) / "best.pt"
         payload = checkpoint.load(ckpt)
-        manifest, model = export_run(payload, ckpt, Path(tmp) / "model.gxnor")
+        manifest, model = export_run(payload, Path(tmp) / "model.gxnor")
         engine = PackedModel.load(Path(tmp) / "model.gxnor")
-        src = manifest["source"]
-        data = load_data(src["data"], src["data_root"], False, src["val_fraction"], src["seed"])
+        data = packed_data(manifest)
         images = data.test.images
         runs = {"engine": lambda: engine.predict(images.numpy()),
                 "torch-fp32": lambda: predict_torch(model, images, data.max_value)}

@@ -45,6 +45,7 @@ def child(variant: str) -> dict:
     from torch import nn
 
     from gxnor_cli.discrete import DST, Space
+    from gxnor_cli.config import ModelConfig, QuantConfig
     from gxnor_cli.models import build_model
 
     arch = "-".join([f"{HIDDEN}FC"] * LAYERS + [str(OUT)])
@@ -64,7 +65,7 @@ def child(variant: str) -> dict:
 
     # Baseline: torch imported and its kernels warmed up on the same shapes (a float copy of
     # the net, one forward/backward, then freed): library buffers are not per-weight costs.
-    warm = build_model(arch, (1, 28, 28), OUT, None, 3)
+    warm = build_model(ModelConfig(arch, padding=0), QuantConfig(None, 3), (1, 28, 28), OUT)
     run_steps(warm, lambda: None, 1)
     del warm
     probe = nn.Parameter(torch.zeros(4))  # the first optimizer imports ~70 MB of torch modules
@@ -73,11 +74,11 @@ def child(variant: str) -> dict:
     base = rss_kib("VmRSS")
 
     if variant.startswith("gxnor"):
-        model = build_model(arch, (1, 28, 28), OUT, 3, 3)
+        model = build_model(ModelConfig(arch, padding=0), QuantConfig(3, 3), (1, 28, 28), OUT)
         DST(model, rule=variant.split("-")[1], lr=0.01)
         opt = torch.optim.Adam(model.parameters(), lr=0.01)  # BatchNorm only
     else:
-        model = build_model(arch, (1, 28, 28), OUT, None, 3)
+        model = build_model(ModelConfig(arch, padding=0), QuantConfig(None, 3), (1, 28, 28), OUT)
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 module.__class__ = LatentTernary

@@ -18,26 +18,26 @@ from rich.console import Console
 
 from . import __version__
 
-CONFIG_HELP = """\
-Configuration is composed by Hydra from conf/ and overridden with key=value words.
+def config_help() -> str:
+    """Every group option and key, generated from the config schema (gxnor_cli/config.py)."""
+    from .config import SELECTABLE, default_config_dir, describe, group_options
 
-Groups (pick one option):  data=digits|mnist|fashion_mnist|cifar10|svhn
-  model=digits_net|mnist_net|cifar_net   quant=gxnor|bnn|twn|multilevel|float
-  dst=adam|sgd|rms|mom8   optim=default|paper_mnist|paper_cifar   tracking=default
-  trainer=default|paper_mnist|paper_cifar   experiment=fashion_gxnor (tuned, across groups)
+    conf = default_config_dir()
+    lines = ["Configuration is composed by Hydra from conf/ and overridden with key=value words.", "",
+             "Groups (pick one option):"]
+    lines += [f"  {g}={'|'.join(group_options(conf, g)) or '(none)'}" for g in SELECTABLE]
+    lines += ["", "Keys (key=value; type, default, meaning):"]
+    lines += [f"  {name} ({kind}, {default}): {meaning}" for name, kind, default, meaning in describe()]
+    lines += ["", "State counts are 2 (binary) or 2^N+1 (3, 5, 9, ...); null means full precision."]
+    return "\n\n".join(lines).replace("\n\n\n\n", "\n\n")
 
-Keys (set a value):  quant.weight_states=3  quant.act_states=3  quant.window=0.5
-  quant.pulse=rect|tri  quant.pulse_width=0.5  dst.m=3  dst.beta1=0.9  optim.lr=0.01
-  optim.lr_end=1e-4  optim.schedule=exp|cosine|step|constant  trainer.epochs=30
-  trainer.batch_size=64  trainer.seed=0  trainer.device=auto|cpu|cuda
-  model.arch=32C5-MP2-64C5-MP2-512FC-10  data.root=DIR  data.download=true
-  tracking.uri=URI  tracking.experiment=NAME
-
-State counts are 2 (binary) or 2^N+1 (3, 5, 9, ...); null means full precision."""
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help=f"gxnor {__version__}: train, evaluate, export and sweep networks whose weights and "
                        "activations live in small discrete spaces (GXNOR-Net).")
+RUNS_DIR = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs (checkpoints, the default store).")
+TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store to find runs in (default: "
+                            "$MLFLOW_TRACKING_URI, else sqlite:///<runs-dir>/mlflow.db).")
 err = Console(stderr=True)
 out = Console() if sys.stdout.isatty() else Console(width=160)  # pipes and logs get whole tables
 
@@ -49,15 +49,14 @@ def fail(message: str) -> None:
     raise UserError(message)
 
 
-def _checkpoint(ref: str, out_dir: str) -> tuple[Path, dict]:
-    """(path, payload) of the best checkpoint of a run id, run directory or checkpoint file."""
+def _checkpoint(ref: str, out_dir: str, uri: Optional[str] = None) -> tuple[Path, dict]:
+    """(path, payload) of the best checkpoint of a run id (or prefix), run directory or checkpoint file."""
     from . import checkpoint
-    from .config import Config
-    from .runner import locate_checkpoint
+    from .store import Store
 
-    base = Config()
-    base.trainer.out_dir = out_dir
-    path = locate_checkpoint(ref, base, "best.pt")
+    if _is_packed(ref):
+        fail(f"{ref} is an exported packed model: use gxnor eval --engine packed {ref}")
+    path = Store.of(uri, out_dir).locate_checkpoint(ref, "best.pt")
     return path, checkpoint.load(path)
 
 
@@ -100,7 +99,7 @@ def _epoch_line(m: dict, total: int) -> str:
     return "  ".join(parts)
 
 
-@app.command(epilog=CONFIG_HELP)
+@app.command(epilog=config_help())
 def train(
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides, e.g. quant.window=0.7 data=mnist"),
     config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Use your own conf/ instead of gxnor's."),
@@ -144,7 +143,8 @@ def evaluate_cmd(
     run: str = typer.Argument(..., help="MLflow run id, run directory or checkpoint file."),
     split: str = typer.Option("test", help="train | val | test"),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-    out_dir: str = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs (checkpoints, mlflow.db)."),
+    out_dir: str = RUNS_DIR,
+    uri: Optional[str] = TRACKING_URI,
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Read the dataset from here instead."),
     batch_size: int = typer.Option(1000, min=1),
     engine: str = typer.Option("torch", help="torch (a run or checkpoint) | packed (an exported .gxnor file)."),
@@ -168,7 +168,7 @@ def evaluate_cmd(
                        ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob",
                         "popcount_words"])
     else:
-        _, payload = _checkpoint(run, out_dir)
+        _, payload = _checkpoint(run, out_dir, uri)
         result = {"run": run, **evaluate_run(payload, split, data_root, batch_size)}
         title, cols = (f"{split} split of {result['data']} ({result['samples']} samples)",
                        ["layer", "states", "weights", "weight_zero_frac", "act_zero_frac", "resting_prob"])
@@ -195,37 +195,44 @@ def export(
     run: str = typer.Argument(..., help="MLflow run id, run directory or checkpoint file."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output file (default runs/exports/<run>.gxnor)."),
     fmt: str = typer.Option("packed", "--format", help="packed (true bit width, integer thresholds) | onnx "
-                                                       "(float graph, needs pip install 'gxnor[onnx]')."),
-    out_dir: str = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs."),
+                                                       "(float graph, needs pip install 'gxnor\\[onnx]')."),
+    out_dir: str = RUNS_DIR,
+    uri: Optional[str] = TRACKING_URI,
 ):
     """Write a trained model as it really is: states packed at their bit width, BatchNorm and
     activations folded into integer thresholds; logged to the run in MLflow."""
     from . import tracking
     from .export import export_run, fp32_state_bytes, packed_weight_bytes
+    from .store import Store, StoreError
 
     if fmt not in ("packed", "onnx"):
         fail(f"--format must be packed or onnx; got {fmt!r}")
-    ckpt, payload = _checkpoint(run, out_dir)
+    if out_path is not None and out_path.is_dir():
+        fail(f"--out {out_path} is a directory; give a file name")
+    if out_path is not None and not out_path.parent.is_dir():
+        fail(f"--out {out_path}: directory {out_path.parent} does not exist")
+    ckpt, payload = _checkpoint(run, out_dir, uri)
     run_id = payload.get("run_id") or Path(run).stem
+    store = Store.of_payload(payload, Store.of(uri, out_dir))
     manifest = None
     if fmt == "onnx":
         from .onnx_export import export_onnx
 
-        target = out_path or Path(out_dir) / "exports" / f"{run_id}.onnx"
+        target = out_path or store.out_dir / "exports" / f"{run_id}.onnx"
         size = export_onnx(payload, target)
     else:
-        target = out_path or Path(out_dir) / "exports" / f"{run_id}.gxnor"
-        manifest, model = export_run(payload, ckpt, target)
+        target = out_path or store.out_dir / "exports" / f"{run_id}.gxnor"
+        manifest, model = export_run(payload, target)
         size = manifest["bytes"]
-    logged = False
+    logged = ""
     if payload.get("run_id"):
         try:
-            uri = tracking.tracking_uri(None, out_dir)
-            tracking.Run(uri, "", out_dir, run_id=payload["run_id"], keep_status=True).log_artifact(target, "export")
-            logged = True
-        except Exception:  # the file is written either way; tracking is best effort here
-            pass
-    print(f"wrote {target} ({size:,} bytes){'  logged to run ' + payload['run_id'] if logged else ''}")
+            run_log = tracking.Run(store, "", run_id=payload["run_id"], keep_status=True)
+            run_log.log_artifact(target, "export")
+            logged = "" if run_log.pending else f"  logged to run {payload['run_id']}"
+        except StoreError as error:  # the file is written either way
+            print(f"gxnor: not logged to the run: {error}", file=sys.stderr)
+    print(f"wrote {target} ({size:,} bytes){logged}")
     if manifest is None:
         return
     weights = sum(int(np.prod(l["weight"]["shape"])) for l in manifest["layers"])
@@ -239,7 +246,8 @@ def export(
 def summary(
     target: str = typer.Argument(..., help="A run id, checkpoint or exported .gxnor file."),
     samples: int = typer.Option(256, min=1, help="Test samples the gated operations are measured on."),
-    out_dir: str = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs."),
+    out_dir: str = RUNS_DIR,
+    uri: Optional[str] = TRACKING_URI,
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Read the dataset from here instead."),
     json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ):
@@ -254,9 +262,9 @@ def summary(
     else:
         from .export import export_run
 
-        ckpt, payload = _checkpoint(target, out_dir)
+        _, payload = _checkpoint(target, out_dir, uri)
         with tempfile.TemporaryDirectory() as tmp:
-            size = export_run(payload, ckpt, Path(tmp) / "model.gxnor")[0]["bytes"]
+            size = export_run(payload, Path(tmp) / "model.gxnor")[0]["bytes"]
             model = PackedModel.load(Path(tmp) / "model.gxnor")
     rows, totals = packed_summary(model, size, samples, data_root)
     n = totals["samples"]
@@ -274,11 +282,12 @@ def summary(
               f"{1 - totals['gated_ops'] / totals['macs']:.3f} of all MACs gated off", highlight=False)
 
 
-@app.command(epilog=CONFIG_HELP)
+@app.command(epilog=config_help())
 def sweep(
     overrides: Optional[List[str]] = typer.Argument(None, help="Overrides; sweep ones take a,b,c / range() / choice()."),
     grid: Optional[str] = typer.Option(None, "--grid", help="A named grid from conf/sweep/NAME.yaml."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials in parallel (each gets cores/jobs threads)."),
+    launcher: str = typer.Option("local", "--launcher", help="How trials run: local (this machine)."),
     config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Use your own conf/ instead of gxnor's."),
 ):
     """Train every point of a grid as nested MLflow runs; re-running resumes.
@@ -292,8 +301,10 @@ def sweep(
       gxnor sweep --grid states
     """
     from .config import default_config_dir
-    from .report import table
-    from .sweep import execute, load_grid, merge_overrides, results_rows
+    from .grid import load_grid, merge_overrides
+    from .launch import make_launcher
+    from .report import results_rows, table
+    from .sweep import execute
 
     overrides = list(overrides or [])
     if grid:
@@ -302,7 +313,7 @@ def sweep(
         fail("nothing to sweep: give overrides such as quant.window=0.3,0.5 or --grid NAME")
     show, stop = _sweep_progress()
     try:
-        points, parent_id, status = execute(overrides, jobs, config_dir, show)
+        points, parent_id, status = execute(overrides, make_launcher(launcher, jobs), config_dir, show)
     finally:
         stop()
     columns, rows = results_rows(points, short=True)
@@ -351,16 +362,19 @@ def _sweep_progress():
 def ui(
     port: int = typer.Option(5000, help="Port on 127.0.0.1."),
     out_dir: str = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs."),
-    uri: Optional[str] = typer.Option(None, help="Tracking URI (default: sqlite:///<runs-dir>/mlflow.db)."),
+    uri: Optional[str] = TRACKING_URI,
 ):
     """Open the MLflow UI for gxnor's runs on http://127.0.0.1:PORT (job execution off)."""
-    from .tracking import serve_ui, tracking_uri
+    from .store import Store
+    from .tracking import serve_ui
 
-    store = tracking_uri(uri, out_dir)
-    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_file():
-        fail(f"no runs yet: {store} does not exist (run gxnor train first)")
-    err.print(f"MLflow UI on http://127.0.0.1:{port} for {store} (Ctrl-C to stop)", highlight=False)
-    raise typer.Exit(serve_ui(store, out_dir, port))
+    if not 1 <= port <= 65535:
+        fail(f"--port must be in 1..65535; got {port}")
+    store = Store.of(uri, out_dir)
+    if not store.exists():
+        fail(f"no runs yet: {store.describe()} does not exist (run gxnor train first)")
+    err.print(f"MLflow UI on http://127.0.0.1:{port} for {store.describe()} (Ctrl-C to stop)", highlight=False)
+    raise typer.Exit(serve_ui(store, port))
 
 
 @app.callback(invoke_without_command=True)
@@ -373,13 +387,14 @@ def main_options(version: bool = typer.Option(False, "--version", help="Print th
 def main() -> None:
     """Console-script entry: maps errors to exit codes and one-line messages."""
     from .errors import UserError
-    from .interrupt import install_interrupt_handler
+    from .interrupt import exit_code, install_interrupt_handler
 
     install_interrupt_handler()
     try:
         code = app(standalone_mode=False)  # click returns typer.Exit codes instead of raising
         if code == 130:  # typer turns Ctrl-C into Exit(130); the runs were already ended KILLED
             print("gxnor: interrupted", file=sys.stderr)
+            code = exit_code()
         sys.exit(code if isinstance(code, int) else 0)
     except UserError as error:
         print(f"gxnor: error: {error}", file=sys.stderr)
@@ -388,7 +403,7 @@ def main() -> None:
         sys.exit(done.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         print("gxnor: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(exit_code())
     except typer.TyperException as usage:  # click usage errors: unknown option, missing argument
         message = usage.format_message() if hasattr(usage, "format_message") else str(usage)
         print(f"gxnor: error: {message}", file=sys.stderr)

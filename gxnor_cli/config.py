@@ -1,21 +1,28 @@
 """Typed configuration: dataclass schemas, Hydra composition and validation.
 
-``load_config(overrides)`` composes ``conf/config.yaml`` with the user's overrides
-(Hydra's compose API: no argv, no cwd change, no output dirs), checks every key and
-group option against the schema below, runs each section's domain checks and returns
-a :class:`Config`.  Any problem is a :class:`ConfigError` with a one-line message.
+The dataclasses below are the one source of truth for every key: its type, its default
+and a one-line meaning (``metadata["help"]``, shown by ``gxnor train --help``).  The
+YAML files in ``conf/`` are presets: each sets only the keys where it differs.
+
+``load_config(overrides)`` lets Hydra compose the presets chosen on the command line
+(``data=mnist``, ``experiment=fashion_gxnor``; no argv, no cwd change, no output dirs),
+merges them onto the schema, then sets the ``key=value`` overrides, so command-line keys
+win over any preset.  Every key and group option is checked against the schema and each
+section runs its domain checks; any problem is a :class:`ConfigError` with one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from .discrete.activation import FLOAT_ACTIVATIONS, PULSES
-from .discrete.dst import RULES
+from .discrete.dst import RULES, settings_of
 from .discrete.space import check_states
 from .errors import UserError
 
@@ -33,26 +40,34 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def key(default: Any, meaning: str) -> Any:
+    """A schema field: its default and the one-line meaning ``--help`` shows."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": meaning})
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass
 class DataConfig:
-    name: str = "digits"
-    root: Optional[str] = None  # directory with the dataset's files; None: data/<name>
-    download: bool = False  # fetch missing files (checksums verified) when a network exists
-    augment: bool = False  # random crop (pad 4) + horizontal flip, for CIFAR-10 / SVHN
-    limit: Optional[int] = None  # use only the first N training samples (quick trials)
+    name: str = key("digits", "dataset: " + " | ".join(DATASETS))
+    root: Optional[str] = key(None, "directory with the dataset's files (null: data/<name>)")
+    download: bool = key(False, "fetch missing files (checksums verified) when a network exists")
+    augment: bool = key(False, "random crop (pad 4) + horizontal flip of training images")
+    limit: Optional[int] = key(None, "use only the first N (>= 2) training samples (quick trials)")
 
     def __post_init__(self):
         _require(self.name in DATASETS, f"data.name must be one of {', '.join(DATASETS)}; got {self.name!r}")
-        _require(self.limit is None or self.limit > 0, f"data.limit must be > 0; got {self.limit}")
+        _require(self.limit is None or self.limit >= 2,
+                 f"data.limit must be >= 2 (BatchNorm needs two samples to train on); got {self.limit}")
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "32C3-MP2-64C3-MP2-256FC-10"  # paper notation, see gxnor_cli.models
-    padding: int = 1  # zero padding of every convolution (0: 'valid' convs as in the MNIST net)
-    init_scale: float = 1.0  # initial weights U(-s, s) projected onto the weight space
-    bn_momentum: float = 0.1
-    bn_eps: float = 1e-4
+    arch: str = key("32C3-MP2-64C3-MP2-256FC-10", "layers in the paper's notation, e.g. 32C5-MP2-512FC-10")
+    padding: int = key(1, "zero padding of every convolution (0: 'valid' convolutions)")
+    init_scale: float = key(1.0, "initial weights U(-s, s) projected onto the weight space")
+    bn_momentum: float = key(0.1, "BatchNorm running-statistics momentum, in (0, 1]")
+    bn_eps: float = key(1e-4, "BatchNorm epsilon")
 
     def __post_init__(self):
         _require(self.padding >= 0, f"model.padding must be >= 0; got {self.padding}")
@@ -63,22 +78,22 @@ class ModelConfig:
 
 @dataclass
 class QuantConfig:
-    weight_states: Optional[int] = 3  # 2 | 3 | 5 | 9 | ... | null (full precision)
-    act_states: Optional[int] = 3
-    window: float = 0.5  # sparsity window r of the activation
-    pulse: str = "rect"  # derivative approximation: rect | tri
-    pulse_width: float = 0.5  # half-width a of each pulse
-    step: Optional[float] = None  # distance between thresholds of multi-level phi (null: dz)
-    float_act: str = "relu"  # activation when act_states is null
+    weight_states: Optional[int] = key(3, "weight states: 2 | 3 | 5 | 9 | ... | 129, null: full precision")
+    act_states: Optional[int] = key(3, "activation states, as weight_states")
+    window: float = key(0.5, "sparsity window r: phi(x) = 0 for |x| <= r")
+    pulse: str = key("rect", "derivative pulse: " + " | ".join(PULSES))
+    pulse_width: float = key(0.5, "half-width a of each pulse (> 0)")
+    step: Optional[float] = key(None, "distance between thresholds of multi-level phi (null: dz)")
+    float_act: str = key("relu", "activation when act_states is null: " + " | ".join(FLOAT_ACTIVATIONS))
 
     def __post_init__(self):
-        for key in ("weight_states", "act_states"):
-            value = getattr(self, key)
+        for name in ("weight_states", "act_states"):
+            value = getattr(self, name)
             if value is not None:
                 try:
                     check_states(value)
                 except ValueError as err:
-                    raise ConfigError(f"quant.{key}: {err}") from None
+                    raise ConfigError(f"quant.{name}: {err}") from None
         _require(self.window >= 0, f"quant.window must be >= 0; got {self.window}")
         _require(self.pulse in PULSES, f"quant.pulse must be one of {', '.join(PULSES)}; got {self.pulse!r}")
         _require(self.pulse_width > 0, f"quant.pulse_width must be > 0; got {self.pulse_width}")
@@ -87,38 +102,55 @@ class QuantConfig:
                  f"quant.float_act must be one of {', '.join(FLOAT_ACTIVATIONS)}; got {self.float_act!r}")
 
 
-@dataclass
-class DSTConfig:
-    rule: str = "adam"  # how dW is proposed: adam | sgd | rms | mom8
-    m: float = 3.0  # nonlinear factor of tau = tanh(m |nu| / dz)
-    beta1: float = 0.9  # adam; mom8's momentum factor
-    beta2: float = 0.999  # adam
-    eps: float = 1e-8  # adam
-    rms_beta: float = 0.0  # rms, mom8: EMA factor of the per-tensor mean square (0: this step only)
-    mom8_range: float = 1.0  # mom8: the int8 momentum covers [-R, R] (units of the gradient's RMS)
+def _dst_schema() -> type:
+    """DSTConfig: ``rule``, ``m`` and the union of every registered rule's settings.
+
+    Each rule declares its own keys (gxnor_cli.discrete.dst); a key two rules share (beta1
+    of adam and mom8) must have one default there.  Validation builds every rule's
+    settings from the section, so a bad value is refused whichever rule is chosen.
+    """
+    fields = [("rule", str, key("adam", "how dW is proposed: " + " | ".join(RULES))),
+              ("m", float, key(3.0, "nonlinear factor of the transition probability tanh(m |nu| / dz)"))]
+    seen: dict[str, Any] = {}
+    for rule in RULES.values():
+        hints = typing.get_type_hints(rule.Settings)
+        for f in dataclasses.fields(rule.Settings):
+            if f.name in seen:
+                assert seen[f.name] == f.default, f"dst.{f.name}: rules disagree on its default"
+                continue
+            seen[f.name] = f.default
+            fields.append((f.name, hints[f.name], field(default=f.default, metadata=f.metadata)))
 
     def __post_init__(self):
         _require(self.rule in RULES, f"dst.rule must be one of {', '.join(RULES)}; got {self.rule!r}")
         _require(self.m > 0, f"dst.m must be > 0; got {self.m}")
-        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "dst.beta1 and dst.beta2 must be in [0, 1)")
-        _require(0 <= self.rms_beta < 1, f"dst.rms_beta must be in [0, 1); got {self.rms_beta}")
-        _require(self.eps > 0, f"dst.eps must be > 0; got {self.eps}")
-        _require(self.mom8_range > 0, f"dst.mom8_range must be > 0; got {self.mom8_range}")
+        for name in RULES:
+            try:
+                RULES[name].Settings(**rule_settings(self, name))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+
+    return dataclasses.make_dataclass("DSTConfig", fields, namespace={"__post_init__": __post_init__,
+                                                                      "__module__": __name__})
 
 
-#: The lr each DST rule works with when optim.lr is null (float weights use Adam's).
-RULE_LR = {"adam": 0.01, "sgd": 20.0, "rms": 0.01, "mom8": 0.01}
+DSTConfig = _dst_schema()
+
+
+def rule_settings(section: Any, rule: Optional[str] = None) -> dict[str, Any]:
+    """The keys of a dst section that ``rule`` (default: its own rule) reads."""
+    return {name: getattr(section, name) for name in settings_of(rule or section.rule)}
 
 
 @dataclass
 class OptimConfig:
-    lr: Optional[float] = None  # lr of the DST step rule and of float weights (null: the rule's RULE_LR)
-    lr_end: Optional[float] = None  # lr of the last epoch, exp and cosine schedules (null: lr / 100)
-    schedule: str = "exp"  # exp | cosine | step | constant, per epoch
-    step_every: int = 10  # step schedule: multiply by gamma every this many epochs
-    gamma: float = 0.1
-    milestones: list[int] = field(default_factory=list)  # extra x gamma drops at these epochs (any schedule)
-    bn_lr: float = 0.01  # Adam lr of the BatchNorm parameters (same schedule shape)
+    lr: Optional[float] = key(None, "lr of the DST rule and of float weights (null: the rule's own)")
+    lr_end: Optional[float] = key(None, "lr of the last epoch, exp and cosine schedules (null: lr / 100)")
+    schedule: str = key("exp", "per-epoch lr schedule: " + " | ".join(SCHEDULES))
+    step_every: int = key(10, "step schedule: multiply by gamma every this many epochs")
+    gamma: float = key(0.1, "factor of the step schedule and of every milestone")
+    milestones: list[int] = key([], "extra x gamma drops at these epochs (any schedule)")
+    bn_lr: float = key(0.01, "Adam lr of the BatchNorm parameters (same schedule shape)")
 
     def __post_init__(self):
         _require(all(m >= 1 for m in self.milestones), f"optim.milestones must be epochs >= 1; got {self.milestones}")
@@ -132,19 +164,20 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    val_fraction: float = 0.1  # held out from train for model selection
-    loss: str = "squared_hinge"  # squared_hinge (paper) | cross_entropy
-    threads: Optional[int] = None  # torch CPU threads (null: torch's default)
-    resume: Optional[str] = None  # run id or checkpoint path to continue
-    out_dir: str = "runs"  # checkpoints and the default MLflow store live here
+    epochs: int = key(30, "training epochs")
+    batch_size: int = key(64, "samples per step (a last batch of one sample is merged into the one before)")
+    seed: int = key(0, "seed of initial states, shuffles, splits and DST draws")
+    device: str = key("auto", "auto | cpu | cuda | cuda:N")
+    val_fraction: float = key(0.1, "share of the training set held out to select the checkpoint")
+    loss: str = key("squared_hinge", "loss: " + " | ".join(LOSSES))
+    threads: Optional[int] = key(None, "torch CPU threads (null: torch's default)")
+    resume: Optional[str] = key(None, "run id or last.pt path to continue")
+    out_dir: str = key("runs", "where checkpoints and the default MLflow store live")
 
     def __post_init__(self):
         _require(self.epochs >= 1, f"trainer.epochs must be >= 1; got {self.epochs}")
-        _require(self.batch_size >= 1, f"trainer.batch_size must be >= 1; got {self.batch_size}")
+        _require(self.batch_size >= 2,
+                 f"trainer.batch_size must be >= 2 (BatchNorm normalises over a batch); got {self.batch_size}")
         _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
                  f"trainer.device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         _require(0 < self.val_fraction < 1, f"trainer.val_fraction must be in (0, 1); got {self.val_fraction}")
@@ -154,9 +187,9 @@ class TrainerConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<out_dir>/mlflow.db
-    experiment: str = "gxnor"
-    run_name: Optional[str] = None
+    uri: Optional[str] = key(None, "MLflow store (null: $MLFLOW_TRACKING_URI, else sqlite:///<out_dir>/mlflow.db)")
+    experiment: str = key("gxnor", "MLflow experiment name")
+    run_name: Optional[str] = key(None, "MLflow run name (null: MLflow picks one)")
 
 
 @dataclass
@@ -170,9 +203,14 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self):
-        rule_lr = RULE_LR[self.dst.rule] if self.quant.weight_states else RULE_LR["adam"]
+        for section in GROUPS:
+            for name, value in dataclasses.asdict(getattr(self, section)).items():
+                if isinstance(value, float):
+                    _require(math.isfinite(value), f"{section}.{name} must be a finite number; got {value}")
+        # float weights (no DST) train with Adam: its lr
+        rule = self.dst.rule if self.quant.weight_states else "adam"
         if self.optim.lr is None:
-            self.optim.lr = rule_lr
+            self.optim.lr = RULES[rule].default_lr
         if self.optim.lr_end is None:
             self.optim.lr_end = self.optim.lr / 100
 
@@ -184,6 +222,29 @@ GROUPS = tuple(f.name for f in dataclasses.fields(Config))
 #: Groups chosen on the command line: one per section, plus experiment presets (conf/experiment/,
 #: `# @package _global_`) that pick options and set keys across sections for one tuned setting.
 SELECTABLE = (*GROUPS, "experiment")
+
+
+def section_schema(section: str) -> type:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}[section]
+
+
+def field_names(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(section_schema(section))]
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) of every key, for help text and docs."""
+    rows = []
+    for section in GROUPS:
+        schema = section_schema(section)
+        hints = typing.get_type_hints(schema)
+        for f in dataclasses.fields(schema):
+            kind = re.sub(r"typing\.|Optional\[(.*)\]", r"\1", str(hints[f.name])).replace("<class '", "")
+            kind = kind.replace("'>", "")
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            rows.append((f"{section}.{f.name}", kind, "null" if default is None else str(default),
+                         f.metadata.get("help", "")))
+    return rows
 
 
 def default_config_dir() -> Path:
@@ -199,18 +260,20 @@ def group_options(config_dir: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
 
 
-def _check_overrides(overrides: list[str], config_dir: Path, allow_sweep: bool = False) -> None:
-    """Refuse additions, deletions, unknown keys and unknown group options, one line each."""
+def parse_overrides(overrides: list[str], config_dir: Path, allow_sweep: bool = False) -> list:
+    """Hydra's parse of each override, after refusing additions, deletions, unknown keys and
+    unknown group options (one line each)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
+    parsed = []
     for text in overrides:
         try:
             (override,) = parser.parse_overrides([text])
         except OverrideParseException as err:
             raise ConfigError(f"cannot parse override {text!r}: {str(err).splitlines()[0]}") from None
-        key = override.key_or_group
+        name = override.key_or_group
         if override.is_add() or override.is_force_add() or override.is_delete():
             raise ConfigError(f"override {text!r}: adding or deleting keys is not allowed; "
                               f"set an existing key as key=value")
@@ -218,33 +281,33 @@ def _check_overrides(overrides: list[str], config_dir: Path, allow_sweep: bool =
             raise ConfigError(f"override {text!r} is a sweep; use `gxnor sweep` for grids")
         if override.package is not None:
             raise ConfigError(f"override {text!r}: package overrides (@) are not supported")
-        if key in SELECTABLE:
-            options = group_options(config_dir, key)
+        if name in SELECTABLE:
+            options = group_options(config_dir, name)
             values = [str(v) for v in override.sweep_iterator()] if override.is_sweep_override() \
                 else [str(override.value())]
             for value in values:
                 if value not in options:
-                    raise ConfigError(f"unknown {key} option {value!r}; available: {', '.join(options)}")
-            continue
-        section, _, name = key.partition(".")
-        if section not in GROUPS or "." in name or name not in _field_names(section):
-            raise ConfigError(f"unknown config key {key!r}" + _hint(section))
-
-
-def _field_names(section: str) -> list[str]:
-    schema = {f.name: f.type for f in dataclasses.fields(Config)}[section]
-    cls = globals()[schema] if isinstance(schema, str) else schema
-    return [f.name for f in dataclasses.fields(cls)]
+                    raise ConfigError(f"unknown {name} option {value!r}; available: {', '.join(options)}")
+        else:
+            section, _, leaf = name.partition(".")
+            if section not in GROUPS or "." in leaf or leaf not in field_names(section):
+                raise ConfigError(f"unknown config key {name!r}" + _hint(section))
+        parsed.append(override)
+    return parsed
 
 
 def _hint(section: str) -> str:
     if section in GROUPS:
-        return f"; keys of {section}: {', '.join(_field_names(section))}"
+        return f"; keys of {section}: {', '.join(field_names(section))}"
     return f"; sections: {', '.join(GROUPS)}"
 
 
 def compose(overrides: list[str], config_dir: Optional[Path] = None) -> Config:
-    """Compose conf/ with ``overrides`` (no sweep syntax) and validate it into a Config."""
+    """Compose conf/ with ``overrides`` (no sweep syntax) and validate it into a Config.
+
+    Hydra composes the group choices (presets); the schema supplies every default; the
+    ``key=value`` overrides are set last, so they win over any preset.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -254,13 +317,18 @@ def compose(overrides: list[str], config_dir: Optional[Path] = None) -> Config:
     config_dir = Path(config_dir).resolve() if config_dir else default_config_dir()
     if not (config_dir / "config.yaml").is_file():
         raise ConfigError(f"no config.yaml in config dir {config_dir}")
+    parsed = parse_overrides(overrides, config_dir)
+    groups = [text for text, o in zip(overrides, parsed) if o.key_or_group in SELECTABLE]
+    keys = [o for o in parsed if o.key_or_group not in SELECTABLE]
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            raw = hydra_compose(config_name="config", overrides=list(overrides))
+            raw = hydra_compose(config_name="config", overrides=groups)
         OmegaConf.set_struct(raw, False)
         raw = OmegaConf.to_container(raw, resolve=True)
         raw.pop("hydra", None)
         merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        for override in keys:
+            OmegaConf.update(merged, override.key_or_group, override.value(), merge=False)
         return OmegaConf.to_object(merged)
     except ConfigError:
         raise
@@ -276,22 +344,35 @@ def _one_line(err: Exception) -> str:
     if isinstance(cause, ConfigError):
         return str(cause)
     text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    key = getattr(cause, "full_key", None)
-    if key and key not in text:
-        text = f"{key}: {text}"
+    full_key = getattr(cause, "full_key", None)
+    if full_key and full_key not in text:
+        text = f"{full_key}: {text}"
     return f"invalid config: {text}"
 
 
 def load_config(overrides: Optional[list[str]] = None, config_dir: Optional[Path] = None) -> Config:
-    """The validated Config for ``overrides`` (Hydra syntax, e.g. ``quant.window=0.7``)."""
+    """The validated Config for ``overrides`` (Hydra syntax, e.g. ``quant.window=0.7``).
+
+    A ``dst.*`` key set on the command line that the chosen rule does not read is refused
+    (it would silently do nothing).
+    """
     overrides = list(overrides or [])
-    _check_overrides(overrides, Path(config_dir).resolve() if config_dir else default_config_dir())
-    return compose(overrides, config_dir)
+    cfg = compose(overrides, config_dir)
+    read = {"rule", "m", *settings_of(cfg.dst.rule)}
+    for text in overrides:
+        name = text.split("=", 1)[0]
+        if name.startswith("dst.") and name[4:] not in read:
+            raise ConfigError(f"{name} has no effect with dst.rule={cfg.dst.rule} (it reads: "
+                              f"{', '.join(sorted(read - {'rule'}))})")
+    return cfg
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
-    """{'quant.window': 0.5, ...}: the config as dotted keys (MLflow params)."""
-    return {f"{section}.{key}": value for section, values in cfg.to_dict().items() for key, value in values.items()}
+    """{'quant.window': 0.5, ...}: the config as dotted keys (MLflow params); of the dst keys,
+    only those its rule reads."""
+    read = {"rule", "m", *settings_of(cfg.dst.rule)}
+    return {f"{section}.{name}": value for section, values in cfg.to_dict().items() for name, value in values.items()
+            if section != "dst" or name in read}
 
 
 def from_dict(data: dict[str, Any]) -> Config:

@@ -25,13 +25,16 @@ import tarfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -298,10 +301,12 @@ def data_roots(name: str, root: Optional[str]) -> list[Path]:
     return roots
 
 
-def load_data(name: str, root: Optional[str] = None, download_missing: bool = False,
-              val_fraction: float = 0.1, seed: int = 0, limit: Optional[int] = None) -> Dataset:
-    """Read dataset ``name`` and carve a seeded validation split from its training part."""
-    roots = data_roots(name, root)
+def load_data(section: "DataConfig", val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """Read the dataset a ``data`` config section names (its files from ``section.root``,
+    downloaded when ``section.download``) and carve a seeded validation split of
+    ``val_fraction`` from its training part; ``section.limit`` keeps the first N of the rest."""
+    name, download_missing, limit = section.name, section.download, section.limit
+    roots = data_roots(name, section.root)
     if name == "digits":
         train, test = load_digits_splits()
     elif name in ("mnist", "fashion_mnist"):
@@ -345,11 +350,18 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
 
 def batches(split: Split, batch_size: int, max_value: float, generator: Optional[torch.Generator] = None,
             augment_images: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Float batches in [-1, 1]; shuffled when ``generator`` is given (training)."""
+    """Float batches in [-1, 1]; shuffled when ``generator`` is given (training).
+
+    In training a last batch of a single sample (BatchNorm cannot normalise one sample) is
+    merged into the batch before it, which then has batch_size + 1 samples."""
     n = len(split)
     order = torch.randperm(n, generator=generator).to(split.labels.device) if generator is not None else None
-    for start in range(0, n, batch_size):
-        index = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+    starts = list(range(0, n, batch_size))
+    if order is not None and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else n
+        index = order[start:end] if order is not None else slice(start, end)
         x = scale(split.images[index], max_value)
         if augment_images and generator is not None:
             x = augment(x, generator)

@@ -15,6 +15,7 @@ pairs (resting), activations by their elements.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 
@@ -173,15 +174,17 @@ def state_histograms(model: nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
 # -- reports on trained runs and packed files (used by the CLI) -------------------------------
 def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 1000) -> dict:
     """Accuracy, zero shares and resting probabilities of a checkpoint payload on a split."""
-    from .config import from_dict
     from .data import load_data
     from .discrete import summarize
-    from .models import model_from_config
+    from .errors import UserError
+    from .models import load_trained
 
-    cfg = from_dict(payload["config"])
-    data = load_data(cfg.data.name, data_root or cfg.data.root, False, cfg.trainer.val_fraction, cfg.trainer.seed)
-    model = model_from_config(cfg, data.shape, data.num_classes)
-    model.load_state_dict(payload["model"])
+    cfg, model = load_trained(payload)
+    section = dataclasses.replace(cfg.data, root=data_root or cfg.data.root, download=False, limit=None)
+    data = load_data(section, cfg.trainer.val_fraction, cfg.trainer.seed)
+    if list(data.shape) != list(payload["in_shape"]):
+        raise UserError(f"the data at {section.root or 'its default place'} has inputs {tuple(data.shape)}, "
+                        f"the model expects {tuple(payload['in_shape'])}")
     metrics = evaluate_split(model, data, split, batch_size)
     layers = {}
     for row in summarize(model):
@@ -197,13 +200,14 @@ def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 10
 
 def packed_data(manifest: dict, data_root=None) -> Dataset:
     """The dataset a packed model was trained on, as its manifest records it."""
+    from .config import DataConfig
     from .data import load_data
     from .errors import UserError
 
     src = manifest.get("source", {})
     if not src.get("data"):
         raise UserError("the packed file does not say which dataset it was trained on")
-    return load_data(src["data"], data_root or src.get("data_root"), False, src.get("val_fraction", 0.1),
+    return load_data(DataConfig(src["data"], data_root or src.get("data_root")), src.get("val_fraction", 0.1),
                      src.get("seed", 0))
 
 

@@ -31,12 +31,14 @@ from torch import nn
 
 from . import __version__, packed
 from .discrete import DiscreteConv2d, DiscreteLayer, MultiStep
+from .discrete.activation import Steps
 from .errors import UserError
+from .models import load_trained
 
 BIG = 2**31 - 1  # "never" / "always" as an int32 threshold (accumulators stay far below)
 
 
-def _bn_affine(norm: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+def bn_affine(norm: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     """(a, b) of BatchNorm in eval mode: z = a y + b, float64."""
     var = norm.running_var.detach().double().numpy()
     mean = norm.running_mean.detach().double().numpy()
@@ -46,8 +48,9 @@ def _bn_affine(norm: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     return a, beta - a * mean
 
 
-def fold_thresholds(alpha: np.ndarray, b: np.ndarray, act: MultiStep) -> dict[str, np.ndarray]:
-    """Integer thresholds of phi(alpha A + b) per channel (see the module docstring)."""
+def fold_thresholds(alpha: np.ndarray, b: np.ndarray, steps: Steps) -> dict[str, np.ndarray]:
+    """Integer thresholds of phi(alpha A + b) per channel, phi's steps as ``steps`` places
+    them (see the module docstring)."""
     flip = np.where(alpha < 0, -1, 1).astype(np.int8)
     mag = np.abs(alpha)
     safe = np.where(mag > 0, mag, 1.0)
@@ -55,11 +58,11 @@ def fold_thresholds(alpha: np.ndarray, b: np.ndarray, act: MultiStep) -> dict[st
     def clip(v):
         return np.clip(v, -BIG, BIG).astype(np.int32)
 
-    if act.space.states == 2:
+    if steps.binary:
         hi = clip(np.ceil(-b / safe))
         hi = np.where(mag > 0, hi, np.where(b >= 0, -BIG, BIG))
         return {"flip": flip, "hi": hi[:, None].astype(np.int32)}
-    t = np.asarray(act.thresholds, dtype=np.float64)[None, :]
+    t = np.asarray(steps.thresholds, dtype=np.float64)[None, :]
     hi = clip(np.floor((t - b[:, None]) / safe[:, None]) + 1)
     lo = clip(np.ceil((-t - b[:, None]) / safe[:, None]) - 1)
     const = mag == 0
@@ -104,12 +107,12 @@ def export_packed(model: nn.Sequential, in_shape, num_classes: int, max_value: f
             entry["input"] = {"kind": "states", **_space_entry(prev_act.space)}
             scale = space.unit * prev_act.space.unit
         entry["accumulator_scale"] = scale
-        a, b = _bn_affine(block.norm)
+        a, b = bn_affine(block.norm)
         if act is None:
             blobs[f"{name}.scale"], blobs[f"{name}.shift"] = a * scale, b
             entry["output"] = {"kind": "affine", "scale": f"{name}.scale", "shift": f"{name}.shift"}
         else:
-            folded = fold_thresholds(a * scale, b, act)
+            folded = fold_thresholds(a * scale, b, act.steps)
             for key, array in folded.items():
                 blobs[f"{name}.{key}"] = array
             entry["output"] = {"kind": "sign" if act.space.states == 2 else "threshold",
@@ -122,17 +125,6 @@ def export_packed(model: nn.Sequential, in_shape, num_classes: int, max_value: f
                           "encoding": "u = 2 * v - max_value (integers); x = u / max_value in [-1, 1]"},
                 "classes": num_classes, "layers": layers, "source": source}
     return packed.write(path, manifest, blobs)
-
-
-def load_trained(payload: dict):
-    """(cfg, model) rebuilt from a checkpoint payload, in eval mode."""
-    from .config import from_dict
-    from .models import model_from_config
-
-    cfg = from_dict(payload["config"])
-    model = model_from_config(cfg, tuple(payload["in_shape"]), payload["num_classes"])
-    model.load_state_dict(payload["model"])
-    return cfg, model.eval()
 
 
 def fp32_state_bytes(model: nn.Module) -> int:
@@ -153,17 +145,18 @@ def predict_torch(model: nn.Module, images: torch.Tensor, max_value: float, batc
     return predict(model, split, max_value, batch_size).numpy()
 
 
-def source_info(payload: dict, cfg, checkpoint_path: Path) -> dict:
-    """What the manifest records about where the model came from (and how to get its data)."""
-    return {"run_id": payload.get("run_id"), "checkpoint": str(checkpoint_path), "arch": cfg.model.arch,
+def source_info(payload: dict, cfg) -> dict:
+    """What the manifest records about where the model came from (its run, not a local path)
+    and how to get its data."""
+    return {"run_id": payload.get("run_id"), "arch": cfg.model.arch,
             "data": cfg.data.name, "data_root": cfg.data.root, "val_fraction": cfg.trainer.val_fraction,
             "seed": cfg.trainer.seed, "weight_states": cfg.quant.weight_states, "act_states": cfg.quant.act_states,
             "val_acc": payload.get("val_acc")}
 
 
-def export_run(payload: dict, checkpoint_path: Path, out: Path) -> tuple[dict, nn.Module]:
+def export_run(payload: dict, out: Path) -> tuple[dict, nn.Module]:
     """Export a checkpoint payload to ``out``; returns (manifest, torch model)."""
     cfg, model = load_trained(payload)
     manifest = export_packed(model, payload["in_shape"], payload["num_classes"], payload["max_value"],
-                             source_info(payload, cfg, checkpoint_path), out)
+                             source_info(payload, cfg), out)
     return manifest, model

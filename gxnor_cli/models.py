@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
 from .discrete import DiscreteConv2d, DiscreteLinear, Space, make_activation
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .config import Config, ModelConfig, QuantConfig
 
 TOKEN = re.compile(r"(?:(\d+)x)?(\d+)C(\d+)|MP(\d+)|(?:(\d+)x)?(\d+)FC|(\d+)")
 
@@ -86,11 +89,11 @@ class Block(nn.Module):
         return self.act(x) if self.act is not None else x
 
 
-def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int, weight_states: Optional[int],
-                act_states: Optional[int], window: float = 0.5, pulse: str = "rect", pulse_width: float = 0.5,
-                step: Optional[float] = None, float_act: str = "relu", padding: int = 0, init_scale: float = 1.0,
-                bn_momentum: float = 0.1, bn_eps: float = 1e-4, seed: int = 0) -> nn.Sequential:
-    """The network of ``arch`` for inputs of ``in_shape`` (C, H, W); weights drawn with ``seed``."""
+def build_model(model: "ModelConfig", quant: "QuantConfig", in_shape: tuple[int, int, int], num_classes: int,
+                seed: int = 0) -> nn.Sequential:
+    """The network of ``model.arch`` with ``quant``'s spaces for inputs of ``in_shape`` (C, H, W);
+    initial weights drawn with ``seed``."""
+    arch, padding, weight_states, act_states = model.arch, model.padding, quant.weight_states, quant.act_states
     specs = parse_arch(arch)
     if specs[-1].units != num_classes:
         raise UserError(f"model.arch {arch!r} ends in {specs[-1].units} classes but the data has {num_classes}")
@@ -108,26 +111,46 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int, wei
                 raise UserError(f"model.arch {arch!r}: feature maps shrink to nothing on {in_shape[1]}x{in_shape[2]} "
                                 f"inputs (try model.padding=1 or a smaller kernel)")
             weight = (DiscreteConv2d(channels, spec.units, spec.kernel, weight_states, padding=padding,
-                                     init_scale=init_scale, generator=generator)
+                                     init_scale=model.init_scale, generator=generator)
                       if weight_states else nn.Conv2d(channels, spec.units, spec.kernel, padding=padding, bias=False))
-            norm = nn.BatchNorm2d(spec.units, eps=bn_eps, momentum=bn_momentum)
+            norm = nn.BatchNorm2d(spec.units, eps=model.bn_eps, momentum=model.bn_momentum)
             channels = spec.units
         else:
             n_in = features if features is not None else channels * height * width
-            weight = (DiscreteLinear(n_in, spec.units, weight_states, init_scale=init_scale, generator=generator)
+            weight = (DiscreteLinear(n_in, spec.units, weight_states, init_scale=model.init_scale, generator=generator)
                       if weight_states else nn.Linear(n_in, spec.units, bias=False))
-            norm = nn.BatchNorm1d(spec.units, eps=bn_eps, momentum=bn_momentum)
+            norm = nn.BatchNorm1d(spec.units, eps=model.bn_eps, momentum=model.bn_momentum)
             features = spec.units
         if blocks and act_states and weight_states:
             weight.input_space = Space(act_states)  # it sees phi's outputs: keep them as int8 for backward
-        act = None if spec.kind == "out" else make_activation(act_states, window, pulse, pulse_width, step, float_act)
+        act = None if spec.kind == "out" else make_activation(act_states, quant.window, quant.pulse,
+                                                                    quant.pulse_width, quant.step, quant.float_act)
         blocks.append(Block(weight, norm, act, spec.pool))
     return nn.Sequential(*blocks)
 
 
-def model_from_config(cfg, in_shape, num_classes) -> nn.Sequential:
-    """build_model with the settings of a Config's model and quant sections."""
-    q, m = cfg.quant, cfg.model
-    return build_model(m.arch, in_shape, num_classes, q.weight_states, q.act_states, q.window, q.pulse,
-                       q.pulse_width, q.step, q.float_act, m.padding, m.init_scale, m.bn_momentum, m.bn_eps,
-                       cfg.trainer.seed)
+def model_from_config(cfg: "Config", in_shape, num_classes) -> nn.Sequential:
+    """build_model with a Config's model and quant sections and its seed."""
+    return build_model(cfg.model, cfg.quant, in_shape, num_classes, cfg.trainer.seed)
+
+
+def load_trained(payload: dict) -> tuple["Config", nn.Sequential]:
+    """(cfg, model in eval mode) rebuilt from a checkpoint payload, checked in full: the config
+    validates, every tensor fits the model it describes and every state lies in its space.
+    Anything else is a CheckpointError (one line), raised before any run is touched."""
+    from .checkpoint import CheckpointError
+    from .config import from_dict
+    from .discrete import DiscreteLayer
+
+    try:
+        cfg = from_dict(payload["config"])
+        model = model_from_config(cfg, tuple(payload["in_shape"]), payload["num_classes"])
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError, UserError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint does not describe a gxnor model: {first}") from None
+    for name, module in model.named_modules():
+        if isinstance(module, DiscreteLayer) and not module.space.contains(module.state):
+            raise CheckpointError(f"checkpoint holds states outside the {module.space} space in layer {name}; "
+                                  f"the file is damaged")
+    return cfg, model.eval()

@@ -19,7 +19,8 @@ import numpy as np
 
 from .discrete import DiscreteConv2d, DiscreteLayer, MultiStep
 from .errors import UserError
-from .export import _bn_affine, load_trained
+from .export import bn_affine
+from .models import load_trained
 
 OPSET = 17
 
@@ -64,16 +65,17 @@ def export_onnx(payload: dict, path: Path) -> int:
         else:
             x = node("MatMul", node("Flatten", x, axis=1), const(w.T))
             shape = (1, -1)
-        a, b = _bn_affine(block.norm)
+        a, b = bn_affine(block.norm)
         x = node("Add", node("Mul", x, const(a.reshape(shape))), const(b.reshape(shape)))
         if act is None:
             continue
-        if act.space.states == 2:
+        steps = act.steps  # phi exactly as gxnor_cli.discrete.activation.Steps defines it
+        if steps.binary:
             x = node("Where", node("GreaterOrEqual", x, const(0.0)), const(1.0), const(-1.0))
         else:
-            count = node("Ceil", node("Div", node("Sub", node("Abs", x), const(act.window)), const(act.step)))
-            count = node("Clip", count, const(0.0), const(float(act.space.max_code)))
-            x = node("Mul", node("Mul", node("Sign", x), count), const(act.space.dz))
+            count = node("Ceil", node("Div", node("Sub", node("Abs", x), const(steps.window)), const(steps.step)))
+            count = node("Clip", count, const(0.0), const(float(steps.levels)))
+            x = node("Mul", node("Mul", node("Sign", x), count), const(steps.height))
     nodes[-1].output[0] = "scores"
     c, h, w_ = payload["in_shape"]
     graph = helper.make_graph(

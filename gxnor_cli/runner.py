@@ -9,68 +9,76 @@ resolved config and the plots are also logged to the run as artifacts.
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from . import checkpoint, tracking
-from .config import Config, ConfigError, flatten, from_dict
+from .checkpoint import CheckpointError
+from .config import SELECTABLE, Config, ConfigError, flatten, from_dict
 from .data import Dataset, load_data
 from .errors import UserError
 from .evaluate import state_histograms
-from .models import model_from_config
+from .models import load_trained, model_from_config
 from .report import plot_curves, plot_histograms
+from .store import Store
 from .train import Trainer, resolve_device
 
 #: Keys that may change when a run is resumed (the rest must stay as the run started).
-RESUMABLE = ("trainer.epochs", "trainer.device", "trainer.threads", "trainer.resume")
-
-
-def checkpoint_dir(out_dir: str, run_id: str) -> Path:
-    return Path(out_dir).resolve() / "checkpoints" / run_id
-
-
-def locate_checkpoint(ref: str, cfg: Config, name: str = "best.pt") -> Path:
-    """A checkpoint file from a path (file or run directory) or an MLflow run id."""
-    path = Path(ref).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        return path / name
-    local = checkpoint_dir(cfg.trainer.out_dir, ref) / name
-    if local.is_file():
-        return local
-    uri = tracking.tracking_uri(cfg.tracking.uri, cfg.trainer.out_dir)
-    if "/" in ref or "\\" in ref or ref.endswith(".pt"):
-        raise UserError(f"no checkpoint at {ref}")
-    tracking.find_run(uri, ref)  # raises a clear error for an unknown id
-    if name != "best.pt":
-        raise UserError(f"run {ref} has no local {name} under {local.parent}; it cannot be resumed here")
-    return tracking.download_artifact(uri, ref, f"checkpoint/{name}", Path(tempfile.mkdtemp(prefix="gxnor-")))
+RESUMABLE = ("trainer.epochs", "trainer.device", "trainer.threads", "trainer.resume", "trainer.out_dir",
+             "tracking.uri")
 
 
 def resume_config(payload: dict, cfg: Config, overrides: list[str]) -> Config:
-    """The stored config, with only the RESUMABLE keys taken from the command line."""
-    changed = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    fixed = [k for k in changed if k not in RESUMABLE]
-    if fixed:
-        raise ConfigError(f"cannot change {', '.join(fixed)} when resuming; only {', '.join(RESUMABLE)} may change")
+    """The stored config, with only the RESUMABLE keys taken from the command line (a key
+    repeated at its stored value is no change)."""
     stored = payload["config"]
-    for key in changed:
-        section, name = key.split(".", 1)
-        stored[section][name] = getattr(getattr(cfg, section), name)
+    changed = []
+    for text in overrides:
+        name = text.split("=", 1)[0].lstrip("+~")
+        section, _, leaf = name.partition(".")
+        if name in SELECTABLE:
+            continue  # group choices are judged by the keys they would change
+        if name not in RESUMABLE and getattr(getattr(cfg, section), leaf) != stored[section][leaf]:
+            raise ConfigError(f"cannot change {name} when resuming (stored {stored[section][leaf]!r}); "
+                              f"only {', '.join(RESUMABLE)} may change")
+        changed.append((section, leaf))
+    for section, leaf in changed:
+        stored[section][leaf] = getattr(getattr(cfg, section), leaf)
     return from_dict(stored)
+
+
+def load_resume(cfg: Config, overrides: list[str]) -> tuple[Config, dict, Store]:
+    """(config, last.pt payload, store) to continue ``trainer.resume``; everything is checked
+    (the file, its config, that its tensors fit, that its states lie in their spaces) before
+    the run is touched."""
+    store = Store.of_config(cfg)
+    payload = checkpoint.load(store.locate_checkpoint(cfg.trainer.resume, "last.pt"))
+    if "optimizer" not in payload or "run_id" not in payload:
+        raise UserError(f"{cfg.trainer.resume} is a model checkpoint, not a resumable last.pt")
+    load_trained(payload)
+    given = {o.split("=", 1)[0] for o in overrides}
+    store = Store.of_payload(payload, store) if not given & {"tracking.uri", "trainer.out_dir"} else store
+    return resume_config(payload, cfg, overrides), payload, store
 
 
 def prepare(cfg: Config) -> tuple[Dataset, torch.nn.Module]:
     """Data and model for ``cfg``; raises UserError for anything the user can fix."""
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    data = load_data(cfg.data.name, cfg.data.root, cfg.data.download, cfg.trainer.val_fraction, cfg.trainer.seed,
-                     cfg.data.limit)
+    data = load_data(cfg.data, cfg.trainer.val_fraction, cfg.trainer.seed)
     return data, model_from_config(cfg, data.shape, data.num_classes)
+
+
+def dataset_digest(data: Dataset) -> str:
+    """A short content hash of the training, validation and test images and labels."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for split in (data.train, data.val, data.test):
+        h.update(split.images.numpy().tobytes())
+        h.update(split.labels.numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Optional[Callable[[dict], None]] = None,
@@ -78,30 +86,39 @@ def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Opti
               tags: Optional[dict] = None) -> dict:
     """Train one run (new or resumed) and return its final metrics with ``run_id``."""
     overrides = list(overrides or [])
-    payload = None
+    payload, store = None, Store.of_config(cfg)
     if cfg.trainer.resume:
-        payload = checkpoint.load(locate_checkpoint(cfg.trainer.resume, cfg, "last.pt"))
-        if "optimizer" not in payload:
-            raise UserError(f"{cfg.trainer.resume} is a model checkpoint, not a resumable last.pt")
-        cfg = resume_config(payload, cfg, overrides)
+        cfg, payload, store = load_resume(cfg, overrides)
     device = resolve_device(cfg.trainer.device)
     data, model = prepare(cfg)
 
-    uri = tracking.tracking_uri(cfg.tracking.uri, cfg.trainer.out_dir)
+    def make_trainer(run_id: str) -> Trainer:
+        trainer = Trainer(cfg, model, data, device, store.checkpoint_dir(run_id))
+        trainer.meta.update(run_id=run_id, tracking_uri=store.uri, out_dir=str(store.out_dir))
+        return trainer
+
+    trainer = None
+    if payload is not None:  # restored before the run is touched: a bad file changes nothing
+        trainer = make_trainer(payload["run_id"])
+        try:
+            trainer.restore(payload)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{cfg.trainer.resume}: cannot restore the training state: "
+                                  f"{str(err).strip().splitlines()[0] if str(err).strip() else err!r}") from None
+
+    tracking.check(store)
+    tracking.reap_stale(store, cfg.tracking.experiment)
     if payload is not None:
-        run = tracking.Run(uri, cfg.tracking.experiment, cfg.trainer.out_dir, run_id=payload["run_id"])
+        run = tracking.Run(store, cfg.tracking.experiment, run_id=payload["run_id"])
     else:
         all_tags = {"gxnor.overrides": " ".join(overrides), **(tags or {})}
-        run = tracking.Run(uri, cfg.tracking.experiment, cfg.trainer.out_dir, run_name=cfg.tracking.run_name,
-                           tags=all_tags, parent_id=parent_id)
+        run = tracking.Run(store, cfg.tracking.experiment, run_name=cfg.tracking.run_name, tags=all_tags,
+                           parent_id=parent_id)
         run.log_params(flatten(cfg))
+        run.log_input(cfg.data.name, dataset_digest(data), cfg.data.root or cfg.data.name, "training")
+        trainer = make_trainer(run.run_id)
     if on_start is not None:
         on_start(run.run_id, cfg)
-
-    trainer = Trainer(cfg, model, data, device, checkpoint_dir(cfg.trainer.out_dir, run.run_id))
-    trainer.meta["run_id"] = run.run_id
-    if payload is not None:
-        trainer.restore(payload)
 
     def epoch_done(metrics: dict) -> None:
         run.log_metrics(metrics, step=metrics["epoch"])
@@ -120,7 +137,7 @@ def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Opti
         run.end("FAILED")
         raise
     run.end("FINISHED")
-    return {"run_id": run.run_id, "tracking_uri": uri, "checkpoint": str(trainer.run_dir / "best.pt"),
+    return {"run_id": run.run_id, "tracking_uri": store.uri, "checkpoint": str(trainer.run_dir / "best.pt"),
             "device": str(device), **result}
 
 
@@ -133,10 +150,11 @@ def log_artifacts(run: "tracking.Run", trainer: Trainer) -> None:
     best = trainer.run_dir / "best.pt"
     if best.is_file():
         run.log_artifact(best, "checkpoint")
-    with tempfile.TemporaryDirectory() as tmp:
-        if trainer.history:
-            run.log_artifact(plot_curves(trainer.history, Path(tmp) / "curves.png"), "plots")
-        x = next(iter(trainer.val_batches()))
-        weights, acts = state_histograms(trainer.model, x)
-        if weights or acts:
-            run.log_artifact(plot_histograms(weights, acts, Path(tmp) / "states.png"), "plots")
+    plots = trainer.run_dir / "plots"  # kept beside the checkpoints: logged late if the store is away
+    plots.mkdir(exist_ok=True)
+    if trainer.history:
+        run.log_artifact(plot_curves(trainer.history, plots / "curves.png"), "plots")
+    x = next(iter(trainer.val_batches()))
+    weights, acts = state_histograms(trainer.model, x)
+    if weights or acts:
+        run.log_artifact(plot_histograms(weights, acts, plots / "states.png"), "plots")

@@ -1,46 +1,75 @@
 """MLflow tracking: the only module that imports mlflow.
 
-Store: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else
-``sqlite:///<abs out_dir>/mlflow.db`` with artifacts under ``<out_dir>/artifacts``.
-A run gets the flattened config as params, tags (overrides, git sha, version),
-per-epoch metrics (step = epoch) and artifacts.  Sweeps nest child runs under a parent
-through the ``mlflow.parentRunId`` tag.  Logging goes through :class:`MlflowClient`
-(no global active run), so several runs can be open in one process.
+Where the store is comes from :class:`gxnor_cli.store.Store`.  A run gets the flattened
+config as params, tags (overrides, git sha, version, host and pid of the process that
+trains it), per-epoch metrics (step = epoch) and artifacts.  Sweeps nest child runs under
+a parent through the ``mlflow.parentRunId`` tag.  Logging goes through
+:class:`MlflowClient` (no global active run), so several runs can be open in one process.
+
+Faults:
+- :func:`check` opens the store before any training (under the store's first-use lock,
+  so concurrent first use cannot break a fresh sqlite store) and turns every way it can
+  fail (unreachable server, garbage file, unwritable directory) into one StoreError line.
+- A run whose logging fails mid-way (a tracking server that went away) keeps training:
+  what could not be logged is buffered, one line says so, and it is sent once the store
+  answers again (at the next epoch, or at the end).
+- A RUNNING run whose process died (same host, pid gone) is *stale*: :func:`reap_stale`
+  marks it KILLED when gxnor next looks at that experiment.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import __version__
 from .errors import UserError
+from .store import Store, StoreError
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
+#: MLflow's HTTP client retries 7 times with exponential backoff (minutes of silence) by
+#: default; gxnor asks for a short wait unless the user set these.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI: a training experiment
+_checked: set[str] = set()
 
 
-def tracking_uri(uri: Optional[str], out_dir: str) -> str:
-    if uri:
-        return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
-
-
-def _client(uri: str):
+def _client(store: Store):
     import logging
 
-    # alembic's migration chatter on a fresh store is not the user's business
-    for name in ("alembic", "mlflow.store.db.utils"):
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    # alembic's migration chatter and MLflow's registry notices are not the user's business
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
         logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=store.uri)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def check(store: Store) -> None:
+    """Open (create or migrate) the store once per process; StoreError in one line if it cannot be used."""
+    if store.uri in _checked:
+        return
+    if store.sqlite_path is not None and store.out_dir.exists() and not store.out_dir.is_dir():
+        raise StoreError(f"the runs directory {store.out_dir} is a file; remove it or set trainer.out_dir")
+    with store.first_use():
+        try:
+            _client(store).search_experiments(max_results=1)
+        except Exception as err:  # mlflow, sqlalchemy, requests and OS errors all land here
+            raise StoreError(f"cannot use the tracking store {store.describe()}: {_first_line(err)}") from None
+    _checked.add(store.uri)
 
 
 def git_sha() -> str:
@@ -52,33 +81,73 @@ def git_sha() -> str:
         return "unknown"
 
 
-class Run:
-    """One MLflow run (new, or an existing one to continue)."""
+def owner_tags() -> dict[str, str]:
+    """Which process trains a run (to recognise stale RUNNING runs later)."""
+    return {"gxnor.host": socket.gethostname(), "gxnor.pid": str(os.getpid())}
 
-    def __init__(self, uri: str, experiment: str, out_dir: str, run_id: Optional[str] = None,
+
+def experiment_id(store: Store, name: str, create: bool = True) -> Optional[str]:
+    """The id of experiment ``name`` (created, as a model-training experiment, when missing)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(store)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.tags.get("mlflow.experimentKind") is None:
+            client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind",
+                                      EXPERIMENT_KIND["mlflow.experimentKind"])
+        return exp.experiment_id
+    if not create:
+        return None
+    try:
+        return client.create_experiment(name, artifact_location=store.artifact_location, tags=EXPERIMENT_KIND)
+    except MlflowException:  # another process created it meanwhile
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class Run:
+    """One MLflow run (new, or an existing one to continue) whose logging survives outages."""
+
+    def __init__(self, store: Store, experiment: str, run_id: Optional[str] = None,
                  run_name: Optional[str] = None, tags: Optional[dict[str, str]] = None,
-                 parent_id: Optional[str] = None, keep_status: bool = False):
-        self.uri = uri
-        self.client = _client(uri)
+                 parent_id: Optional[str] = None, keep_status: bool = False,
+                 warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)):
+        check(store)
+        self.store = store
+        self.client = _client(store)
+        self.pending: list[Callable[[], None]] = []  # logging calls the store did not take yet
+        self.warn = warn
         if run_id is not None:
             self.run_id = run_id
             if not keep_status:
                 self.client.update_run(run_id, status="RUNNING")
+                self.set_tags(owner_tags())
             return
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            location = None
-            if uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_ARTIFACT_ROOT"):
-                location = (Path(out_dir).resolve() / "artifacts").as_uri()
-            exp_id = self.client.create_experiment(experiment, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
-        all_tags = {"gxnor.version": __version__, "gxnor.git_sha": git_sha(), **(tags or {})}
+        all_tags = {"gxnor.version": __version__, "gxnor.git_sha": git_sha(), **owner_tags(), **(tags or {})}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
-        run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        run = self.client.create_run(experiment_id(store, experiment), run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
-        self.experiment_id = exp_id
+
+    def _call(self, action: Callable[[], None]) -> None:
+        """Do ``action`` after whatever is still pending; on failure keep it for later."""
+        self.pending.append(action)
+        while self.pending:
+            try:
+                self.pending[0]()
+            except Exception as err:  # the store went away: training goes on
+                if len(self.pending) == 1 or not getattr(self, "_warned", False):
+                    self.warn(f"gxnor: tracking store {self.store.describe()} not answering ({_first_line(err)}); "
+                              f"training goes on, {len(self.pending)} logging call(s) kept for later")
+                    self._warned = True
+                return
+            self.pending.pop(0)
+        if getattr(self, "_warned", False):
+            self.warn(f"gxnor: tracking store {self.store.describe()} answers again; everything kept was logged")
+            self._warned = False
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -91,72 +160,127 @@ class Run:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+            self._call(lambda part=items[i:i + 500]: self.client.log_batch(self.run_id, metrics=part))
+
+    def log_input(self, name: str, digest: str, source: str, context: str) -> None:
+        """Record a dataset this run used (MLflow's Dataset column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
+        tag = InputTag(key="mlflow.data.context", value=context)
+        self._call(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset, [tag])]))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._call(lambda: self.client.log_batch(self.run_id, tags=items))
 
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._call(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
-    def end(self, status: str = "FINISHED") -> None:
+    def end(self, status: str = "FINISHED") -> bool:
+        """Mark the run ended (after what is pending); False, with one line, if the store is away."""
         assert status in STATUSES
-        self.client.set_terminated(self.run_id, status=status)
+        self._call(lambda: self.client.set_terminated(self.run_id, status=status))
+        if self.pending:
+            self.warn(f"gxnor: could not mark run {self.run_id} {status}: the tracking store is not answering; "
+                      f"it stays RUNNING there until gxnor sees it again")
+            return False
+        return True
 
 
-def find_run(uri: str, run_id: str) -> dict:
-    """Info and data of an existing run; UserError when the store has no such run."""
+def _record(r) -> dict:
+    return {"run_id": r.info.run_id, "status": r.info.status, "params": dict(r.data.params),
+            "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
+
+
+def find_run(store: Store, ref: str) -> dict:
+    """An existing run by id or unique id prefix; UserError when there is none or several."""
+    from mlflow.exceptions import MlflowException
+
+    check(store)
+    client = _client(store)
+    if len(ref) == 32:
+        try:
+            return _record(client.get_run(ref))
+        except MlflowException:
+            raise UserError(f"no run {ref!r} in the tracking store {store.describe()}") from None
+    ids = [e.experiment_id for e in client.search_experiments()]
+    matches = [r for r in client.search_runs(ids, max_results=50000) if r.info.run_id.startswith(ref)] if ids else []
+    if not matches:
+        raise UserError(f"no run {ref!r} in the tracking store {store.describe()}")
+    if len(matches) > 1:
+        raise UserError(f"run id prefix {ref!r} is ambiguous: "
+                        f"{', '.join(r.info.run_id[:12] for r in matches[:5])}; give more characters")
+    return _record(matches[0])
+
+
+def download_artifact(store: Store, run_id: str, artifact_path: str, dest: Path) -> Path:
     from mlflow.exceptions import MlflowException
 
     try:
-        run = _client(uri).get_run(run_id)
-    except MlflowException:
-        raise UserError(f"no run {run_id!r} in the tracking store {uri}") from None
-    return {"run_id": run.info.run_id, "status": run.info.status, "params": dict(run.data.params),
-            "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
-
-
-def download_artifact(uri: str, run_id: str, artifact_path: str, dest: Path) -> Path:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return Path(_client(uri).download_artifacts(run_id, artifact_path, str(dest)))
+        return Path(_client(store).download_artifacts(run_id, artifact_path, str(dest)))
     except (MlflowException, OSError) as err:
-        raise UserError(f"run {run_id!r} has no artifact {artifact_path!r}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"run {run_id!r} has no artifact {artifact_path!r}: {_first_line(err)}") from None
 
 
-def child_runs(uri: str, experiment: str, parent_id: str) -> list[dict]:
-    """Children of a sweep's parent run: run id, status, params and metrics."""
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                              max_results=5000)
-    return [{"run_id": r.info.run_id, "status": r.info.status, "params": dict(r.data.params),
-             "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]
+def _search(store: Store, filter_string: str, experiment: Optional[str] = None) -> list[dict]:
+    client = _client(store)
+    if experiment is not None:
+        exp = experiment_id(store, experiment, create=False)
+        ids = [exp] if exp else []
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    return [_record(r) for r in client.search_runs(ids, filter_string=filter_string, max_results=5000)] if ids else []
 
 
-def find_runs_by_tag(uri: str, experiment: str, key: str, value: str) -> list[dict]:
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{key}` = '{value}'", max_results=100)
-    return [{"run_id": r.info.run_id, "status": r.info.status, "tags": dict(r.data.tags)} for r in runs]
+def child_runs(store: Store, parent_id: str, experiment: Optional[str] = None) -> list[dict]:
+    """Children of a sweep's parent run: run id, status, params, metrics and tags."""
+    return _search(store, f"tags.mlflow.parentRunId = '{parent_id}'", experiment)
 
 
-def serve_ui(uri: str, out_dir: str, port: int) -> int:
+def find_runs_by_tag(store: Store, experiment: str, key: str, value: str) -> list[dict]:
+    return _search(store, f"tags.`{key}` = '{value}'", experiment)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale(store: Store, experiment: str) -> list[str]:
+    """Mark KILLED every RUNNING run of ``experiment`` whose training process (on this host) is gone."""
+    host, mine = socket.gethostname(), os.getpid()
+    reaped = []
+    client = _client(store)
+    for run in _search(store, "attributes.status = 'RUNNING'", experiment):
+        tags = run["tags"]
+        pid = int(tags.get("gxnor.pid", "0") or 0)
+        if tags.get("gxnor.host") != host or not pid or pid == mine or _alive(pid):
+            continue
+        client.set_tag(run["run_id"], "gxnor.error", f"process {pid} on {host} ended without closing the run")
+        client.set_terminated(run["run_id"], status="KILLED")
+        reaped.append(run["run_id"])
+    return reaped
+
+
+def serve_ui(store: Store, port: int) -> int:
     """Run the MLflow UI on 127.0.0.1 with job execution off; returns its exit code."""
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    cmd = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    if uri.startswith("sqlite:///"):
-        cmd += ["--default-artifact-root", (Path(out_dir).resolve() / "artifacts").as_uri()]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.uri, "--host", "127.0.0.1",
+           "--port", str(port)]
+    if store.artifact_location:
+        cmd += ["--default-artifact-root", store.artifact_location]
     return subprocess.call(cmd, env=env)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
-from .config import Config
+from .config import Config, rule_settings
 from .data import Dataset, batches
 from .discrete import DST, discrete_layers
 from .errors import UserError
@@ -128,10 +128,8 @@ class Trainer:
                                                              data.test.to(device))
         self.dst = None
         if discrete_layers(model):
-            d = cfg.dst
-            rule_kw = {"adam": dict(beta1=d.beta1, beta2=d.beta2, eps=d.eps), "rms": dict(beta=d.rms_beta),
-                       "mom8": dict(beta=d.beta1, rms_beta=d.rms_beta, bound=d.mom8_range), "sgd": {}}[d.rule]
-            self.dst = DST(model, rule=d.rule, lr=cfg.optim.lr, m=d.m, seed=cfg.trainer.seed, **rule_kw)
+            self.dst = DST(model, rule=cfg.dst.rule, lr=cfg.optim.lr, m=cfg.dst.m, seed=cfg.trainer.seed,
+                           **rule_settings(cfg.dst))
         # discrete layers have no parameters: what is left is BatchNorm and any float weights
         norm_params, float_params = [], []
         for name, param in model.named_parameters():

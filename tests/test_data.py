@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gxnor_cli import data as D
+from gxnor_cli.config import DataConfig
 from gxnor_cli.data import DataError, batches, load_data
 
 
@@ -37,7 +38,7 @@ def make_idx_dataset(root, n_train=40, n_test=12, compress=True, seed=0):
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_round_trip_and_scaling(tmp_path, compress):
     arrays = make_idx_dataset(tmp_path / "m", compress=compress)
-    ds = load_data("mnist", str(tmp_path / "m"), val_fraction=0.25, seed=1)
+    ds = load_data(DataConfig("mnist", root=str(tmp_path / "m")), val_fraction=0.25, seed=1)
     assert ds.shape == (1, 28, 28) and ds.num_classes == 10
     assert len(ds.train) + len(ds.val) == 40 and len(ds.val) == 10 and len(ds.test) == 12
     assert torch.equal(ds.test.images[:, 0], torch.from_numpy(arrays["t10k"][0]))
@@ -49,9 +50,9 @@ def test_idx_round_trip_and_scaling(tmp_path, compress):
 
 def test_validation_split_is_seeded_and_disjoint(tmp_path):
     make_idx_dataset(tmp_path / "m")
-    a = load_data("mnist", str(tmp_path / "m"), val_fraction=0.25, seed=3)
-    b = load_data("mnist", str(tmp_path / "m"), val_fraction=0.25, seed=3)
-    c = load_data("mnist", str(tmp_path / "m"), val_fraction=0.25, seed=4)
+    a = load_data(DataConfig("mnist", root=str(tmp_path / "m")), val_fraction=0.25, seed=3)
+    b = load_data(DataConfig("mnist", root=str(tmp_path / "m")), val_fraction=0.25, seed=3)
+    c = load_data(DataConfig("mnist", root=str(tmp_path / "m")), val_fraction=0.25, seed=4)
     assert torch.equal(a.val.images, b.val.images) and not torch.equal(a.val.images, c.val.images)
     rows = lambda s: {bytes(r.numpy()) for r in s.images}
     assert not rows(a.val) & rows(a.train)
@@ -59,7 +60,7 @@ def test_validation_split_is_seeded_and_disjoint(tmp_path):
 
 def test_missing_files_name_what_is_expected(tmp_path):
     with pytest.raises(DataError, match="train-images-idx3-ubyte"):
-        load_data("mnist", str(tmp_path / "empty"))
+        load_data(DataConfig("mnist", root=str(tmp_path / "empty")))
 
 
 @pytest.mark.parametrize("damage", ["magic", "truncate", "badgzip", "mismatch"])
@@ -78,14 +79,14 @@ def test_corrupt_idx_is_refused(tmp_path, damage):
     else:
         write_idx(root / "train-labels-idx1-ubyte", np.zeros(7, np.uint8))
     with pytest.raises(DataError, match="corrupt"):
-        load_data("mnist", str(root))
+        load_data(DataConfig("mnist", root=str(root)))
 
 
 def test_fashion_mnist_found_in_debian_location(tmp_path, monkeypatch):
     make_idx_dataset(tmp_path / "deb")
     monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "deb")
     monkeypatch.chdir(tmp_path)
-    assert len(load_data("fashion_mnist").test) == 12
+    assert len(load_data(DataConfig("fashion_mnist")).test) == 12
 
 
 def write_cifar_python(root, n=6, seed=0):
@@ -105,7 +106,7 @@ def write_cifar_python(root, n=6, seed=0):
 
 def test_cifar10_python_batches(tmp_path):
     written = write_cifar_python(tmp_path / "c")
-    ds = load_data("cifar10", str(tmp_path / "c"), val_fraction=0.2)
+    ds = load_data(DataConfig("cifar10", root=str(tmp_path / "c")), val_fraction=0.2)
     assert ds.shape == (3, 32, 32) and len(ds.train) + len(ds.val) == 30 and len(ds.test) == 6
     data, labels = written["test_batch"]
     assert torch.equal(ds.test.images.reshape(6, -1), torch.from_numpy(data))
@@ -121,7 +122,7 @@ def test_cifar10_binary_batches(tmp_path):
         rows[:, 0] %= 10
         rows[0, 0] = 9
         rows.tofile(folder / name)
-    ds = load_data("cifar10", str(tmp_path / "c"))
+    ds = load_data(DataConfig("cifar10", root=str(tmp_path / "c")))
     assert len(ds.test) == 4 and ds.test.labels[0] == 9
 
 
@@ -135,7 +136,7 @@ def test_cifar_pickle_with_foreign_objects_is_refused(tmp_path):
     with open(tmp_path / "c" / "cifar-10-batches-py" / "test_batch", "wb") as handle:
         pickle.dump({b"data": Evil(), b"labels": [1]}, handle, protocol=2)
     with pytest.raises(DataError, match="refusing to load .*print"):
-        load_data("cifar10", str(tmp_path / "c"))
+        load_data(DataConfig("cifar10", root=str(tmp_path / "c")))
 
 
 def test_svhn_mat_files(tmp_path):
@@ -151,13 +152,13 @@ def test_svhn_mat_files(tmp_path):
         savemat(root / name, {"X": x, "y": y})
         if n == 7:
             test_x = x
-    ds = load_data("svhn", str(root))
+    ds = load_data(DataConfig("svhn", root=str(root)))
     assert ds.shape == (3, 32, 32) and len(ds.test) == 7
     assert ds.test.labels[0] == 0  # SVHN stores digit 0 as label 10
     assert torch.equal(ds.test.images[3], torch.from_numpy(test_x[..., 3]).permute(2, 0, 1))
     (root / "test_32x32.mat").write_bytes(b"MATLAB 5.0 but not really")
     with pytest.raises(DataError, match="corrupt SVHN"):
-        load_data("svhn", str(root))
+        load_data(DataConfig("svhn", root=str(root)))
 
 
 def test_download_verifies_checksum_and_writes_atomically(tmp_path, monkeypatch):
@@ -166,22 +167,22 @@ def test_download_verifies_checksum_and_writes_atomically(tmp_path, monkeypatch)
     urls = [((source / f"{f}.gz").as_uri(), hashlib.md5((source / f"{f}.gz").read_bytes()).hexdigest())
             for f in D.IDX_FILES]
     monkeypatch.setitem(D.DOWNLOADS, "mnist", urls)
-    ds = load_data("mnist", str(tmp_path / "dl"), download_missing=True)
+    ds = load_data(DataConfig("mnist", root=str(tmp_path / "dl"), download=True))
     assert len(ds.test) == 12
     assert not list((tmp_path / "dl").glob("*.part"))
     bad = [(u, "0" * 32) for u, _ in urls]
     monkeypatch.setitem(D.DOWNLOADS, "mnist", bad)
     with pytest.raises(DataError, match="checksum mismatch"):
-        load_data("mnist", str(tmp_path / "dl2"), download_missing=True)
+        load_data(DataConfig("mnist", root=str(tmp_path / "dl2"), download=True))
     assert not list((tmp_path / "dl2").glob("*"))  # nothing half-written is left
     monkeypatch.setitem(D.DOWNLOADS, "mnist", [((tmp_path / "nope.gz").as_uri(), "0" * 32)] * 4)
     with pytest.raises(DataError, match="could not download"):
-        load_data("mnist", str(tmp_path / "dl3"), download_missing=True)
+        load_data(DataConfig("mnist", root=str(tmp_path / "dl3"), download=True))
 
 
 def test_digits_is_embedded_with_fixed_test_split():
-    a = load_data("digits", seed=0)
-    b = load_data("digits", seed=5)
+    a = load_data(DataConfig("digits"), seed=0)
+    b = load_data(DataConfig("digits"), seed=5)
     assert a.shape == (1, 8, 8) and a.num_classes == 10 and a.max_value == 16.0
     assert torch.equal(a.test.images, b.test.images)  # test never depends on the run's seed
     assert len(a.train) + len(a.val) + len(a.test) == 1797

@@ -117,7 +117,7 @@ def test_rms_normalises_by_per_tensor_rms():
 def test_mom8_momentum_follows_the_formula_and_its_int8_code_is_unbiased():
     """M = beta M + (1 - beta) g / rms(g), dW = -lr M, M coded as int8 in units of R/127 (R = 1 by default)."""
     layer = DiscreteLinear(2, 1, 9)
-    dst = DST(layer, rule="mom8", lr=0.5, beta=0.9)
+    dst = DST(layer, rule="mom8", lr=0.5, beta1=0.9)
     rule, unit = dst.rule, 1.0 / 127
     x = torch.tensor([[3.0, 4.0]])  # g = [3, 4], rms = sqrt(12.5)
     layer(x).sum().backward()
@@ -126,12 +126,38 @@ def test_mom8_momentum_follows_the_formula_and_its_int8_code_is_unbiased():
     assert torch.all((code == torch.floor(m1 / unit)) | (code == torch.floor(m1 / unit) + 1))
     # unbiased stochastic rounding: over many weights the mean code equals the mean momentum
     wide = DiscreteLinear(20000, 1, 3)
-    dst = DST(wide, rule="mom8", lr=0.01, beta=0.9, seed=3)
+    dst = DST(wide, rule="mom8", lr=0.01, beta1=0.9, seed=3)
     xw = torch.full((1, 20000), 0.3)  # every g equal -> g / rms = 1 -> M = 0.1 = 12.7 codes
     wide(xw).sum().backward()
     codes = next(iter(dst.rule.code.values())).float()
     assert set(codes.unique().tolist()) == {12.0, 13.0}
     assert codes.mean().item() == pytest.approx(0.1 / unit, abs=5 * 0.5 / math.sqrt(20000))
+
+
+def test_mom8_saturated_momentum_never_wraps_to_the_other_sign(monkeypatch):
+    """With M clipped at +R, floor(u + 127 M / R) is 128 for u near 1; the code must stay at +127
+    (an int8 cast alone wraps it to -128, which then pushes the weight against its gradient)."""
+    layer = DiscreteLinear(64, 1, 3)
+    dst = DST(layer, rule="mom8", lr=0.01, beta1=0.5, seed=0)
+    code = torch.full((1, 64), 127, dtype=torch.int8)
+    dst.rule.code = {dst.layers[0][0]: code}
+    near_one = lambda shape, **kw: torch.full(shape, 1 - 2**-20, dtype=kw.get("dtype"), device=kw.get("device"))
+    monkeypatch.setattr(torch, "rand", near_one)
+    x = torch.tensor([[1.0, 0.1] * 32])  # g / rms(g) = 1.41 on the even weights: M is clipped to exactly +R
+    layer(x).sum().backward()
+    assert code[0, ::2].tolist() == [127] * 32
+
+
+def test_rules_describe_themselves():
+    from gxnor_cli.config import DSTConfig, rule_settings
+    from gxnor_cli.discrete.dst import RULES, settings_of
+
+    assert list(RULES) == ["adam", "sgd", "rms", "mom8"]
+    assert set(settings_of("sgd")) == set() and set(settings_of("mom8")) == {"beta1", "rms_beta", "mom8_range"}
+    section = DSTConfig(rule="mom8", beta1=0.5)
+    assert rule_settings(section) == {"beta1": 0.5, "rms_beta": 0.0, "mom8_range": 1.0}
+    with pytest.raises(ValueError, match="no setting beta2"):
+        DST(DiscreteLinear(2, 1, 3), rule="sgd", beta2=0.9)
 
 
 def test_linear_grad_sq_norm_gram_identity_is_exact():

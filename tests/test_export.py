@@ -36,7 +36,7 @@ def test_folded_thresholds_equal_bn_then_phi(states, window):
     alpha = rng.normal(size=40) * 0.05
     alpha[:3] = [0.0, -0.02, 0.03]
     b = rng.normal(size=40)
-    folded = fold_thresholds(alpha, b, act)
+    folded = fold_thresholds(alpha, b, act.steps)
     acc = rng.integers(-300, 300, size=(64, 40))
     z = torch.tensor(alpha * acc + b, dtype=torch.float64)
     expected = (act.levels(z) / act.space.unit).round().numpy().astype(int)
@@ -58,12 +58,13 @@ def trained(cli, runs_dir, *extra):
 
 @pytest.mark.parametrize("quant", ["quant=gxnor", "quant=bnn", "quant=multilevel"])
 def test_engine_predicts_exactly_like_torch(cli, runs_dir, tmp_path, quant):
+    from gxnor_cli.config import DataConfig
     from gxnor_cli.data import load_data
 
     result, payload = trained(cli, runs_dir, quant, "trainer.epochs=3")
-    manifest, model = export_run(payload, result["checkpoint"], tmp_path / "m.gxnor")
+    manifest, model = export_run(payload, tmp_path / "m.gxnor")
     engine = PackedModel.load(tmp_path / "m.gxnor")
-    data = load_data("digits", val_fraction=0.1, seed=0)
+    data = load_data(DataConfig("digits"), val_fraction=0.1, seed=0)
     want = predict_torch(model, data.test.images, data.max_value)
     got = engine.predict(data.test.images.numpy())
     assert np.array_equal(got, want)  # every test sample, not just the accuracy
@@ -77,7 +78,7 @@ def test_engine_predicts_exactly_like_torch(cli, runs_dir, tmp_path, quant):
 
 def test_engine_resting_probability_matches_torch_measurement(cli, runs_dir, tmp_path):
     result, payload = trained(cli, runs_dir)
-    export_run(payload, result["checkpoint"], tmp_path / "m.gxnor")
+    export_run(payload, tmp_path / "m.gxnor")
     code, out, err = cli("eval", "--engine", "packed", str(tmp_path / "m.gxnor"), "--json")
     assert code == 0, err
     engine = json.loads(out)
@@ -121,7 +122,7 @@ def test_export_and_summary_commands(cli, runs_dir):
 def test_damaged_packed_files_are_refused(cli, runs_dir, tmp_path, damage, message):
     result, payload = trained(cli, runs_dir)
     path = tmp_path / "m.gxnor"
-    export_run(payload, result["checkpoint"], path)
+    export_run(payload, path)
     raw = bytearray(path.read_bytes())
     if damage == "truncate":
         raw = raw[:-50]
@@ -146,14 +147,15 @@ def test_float_model_cannot_be_packed(cli, runs_dir):
 
 def test_onnx_export_predicts_like_torch(cli, runs_dir, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
+    from gxnor_cli.config import DataConfig
     from gxnor_cli.data import load_data
-    from gxnor_cli.export import load_trained
+    from gxnor_cli.models import load_trained
 
     result, payload = trained(cli, runs_dir, "trainer.epochs=3")
     code, out, err = cli("export", result["run_id"], "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
     assert code == 0, err
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    data = load_data("digits")
+    data = load_data(DataConfig("digits"))
     scores = session.run(["scores"], {"input": data.test.images.numpy().astype(np.float32)})[0]
     _, model = load_trained(payload)
     want = predict_torch(model, data.test.images, data.max_value)

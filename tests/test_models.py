@@ -3,6 +3,7 @@ import torch
 
 from gxnor_cli.discrete import DiscreteConv2d, DiscreteLinear, MultiStep
 from gxnor_cli.errors import UserError
+from gxnor_cli.config import ModelConfig, QuantConfig
 from gxnor_cli.models import build_model, parse_arch
 
 
@@ -22,7 +23,7 @@ def test_bad_arch(arch):
 
 
 def test_mnist_net_structure_and_shapes():
-    net = build_model("32C5-MP2-64C5-MP2-512FC-10", (1, 28, 28), 10, 3, 3)
+    net = build_model(ModelConfig("32C5-MP2-64C5-MP2-512FC-10", padding=0), QuantConfig(3, 3), (1, 28, 28), 10)
     assert isinstance(net[0].weight, DiscreteConv2d) and isinstance(net[2].weight, DiscreteLinear)
     assert net[2].weight.in_features == 1024  # 28-24-12-8-4, 64 * 4 * 4
     assert all(isinstance(b.act, MultiStep) for b in net[:-1]) and net[-1].act is None
@@ -31,20 +32,20 @@ def test_mnist_net_structure_and_shapes():
 
 
 def test_float_and_twn_variants():
-    float_net = build_model("8C3-16FC-4", (1, 6, 6), 4, None, None)
+    float_net = build_model(ModelConfig("8C3-16FC-4", padding=0), QuantConfig(None, None), (1, 6, 6), 4)
     assert isinstance(float_net[0].weight, torch.nn.Conv2d) and isinstance(float_net[0].act, torch.nn.ReLU)
-    twn = build_model("8C3-16FC-4", (1, 6, 6), 4, 3, None)
+    twn = build_model(ModelConfig("8C3-16FC-4", padding=0), QuantConfig(3, None), (1, 6, 6), 4)
     assert isinstance(twn[0].weight, DiscreteConv2d) and isinstance(twn[0].act, torch.nn.ReLU)
 
 
 def test_class_count_and_shrinking_maps_are_user_errors():
     with pytest.raises(UserError, match="classes"):
-        build_model("16FC-5", (1, 8, 8), 10, 3, 3)
+        build_model(ModelConfig("16FC-5", padding=0), QuantConfig(3, 3), (1, 8, 8), 10)
     with pytest.raises(UserError, match="shrink"):
-        build_model("32C5-MP2-64C5-MP2-10", (1, 8, 8), 10, 3, 3)
+        build_model(ModelConfig("32C5-MP2-64C5-MP2-10", padding=0), QuantConfig(3, 3), (1, 8, 8), 10)
 
 
 def test_same_seed_same_initial_states():
-    a = build_model("8C3-16FC-4", (1, 6, 6), 4, 3, 3, seed=1)
-    b = build_model("8C3-16FC-4", (1, 6, 6), 4, 3, 3, seed=1)
+    a = build_model(ModelConfig("8C3-16FC-4", padding=0), QuantConfig(3, 3), (1, 6, 6), 4, seed=1)
+    b = build_model(ModelConfig("8C3-16FC-4", padding=0), QuantConfig(3, 3), (1, 6, 6), 4, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

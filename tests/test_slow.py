@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gxnor_cli import checkpoint, data as D
+from gxnor_cli.config import DataConfig
 
 from conftest import runs_in_store
 
@@ -26,10 +27,10 @@ def test_mnist_net_epoch_on_fashion_mnist_and_exact_engine(cli, runs_dir, tmp_pa
     from gxnor_cli.export import export_run, predict_torch
 
     payload = checkpoint.load(result["checkpoint"])
-    export_run(payload, result["checkpoint"], tmp_path / "m.gxnor")
-    dataset = D.load_data("fashion_mnist")
+    export_run(payload, tmp_path / "m.gxnor")
+    dataset = D.load_data(DataConfig("fashion_mnist"))
     engine = PackedModel.load(tmp_path / "m.gxnor")
-    from gxnor_cli.export import load_trained
+    from gxnor_cli.models import load_trained
 
     _, model = load_trained(payload)
     want = predict_torch(model, dataset.test.images, dataset.max_value)

@@ -3,7 +3,8 @@
 import pytest
 
 from gxnor_cli.config import ConfigError
-from gxnor_cli.sweep import Point, expand, pareto
+from gxnor_cli.grid import Point, expand
+from gxnor_cli.report import pareto
 
 from conftest import TINY, runs_in_store
 

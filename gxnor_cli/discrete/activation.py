@@ -14,13 +14,19 @@ Backward.  The true derivative is 0 almost everywhere; every jump of height h at
     rect:  h / (2a)                      on | |x| - t_k | <= a
     tri:   h / a^2 * (a - | |x| - t_k |)  on the same interval
 
-dphi/dx is the sum of the pulses (they add where they overlap) and is 0 elsewhere:
-the gradient passes ONLY through the pulses, never as an identity.
+The pulses are placed on |x| (the paper's form, d phi / dx ~ sum_k pulse(| |x| - t_k |)),
+so they are symmetric in x and pulses at neighbouring thresholds add where they overlap;
+the gradient passes ONLY through the pulses, never as an identity.  One consequence of the
+|x| form: when the first threshold t_1 = r is closer to 0 than the half-width a, the
+pulses at +r and -r do not overlap-and-add but merge into one of height h / (2a) over
+|x| <= r + a, so the area there is h (r + a) / a instead of 2h (rect; r = 0: h; r = 0.25,
+a = 0.5: 1.5 h).  Small windows therefore also pass less gradient near 0.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,6 +34,30 @@ from torch import nn
 from .space import Space
 
 PULSES = ("rect", "tri")
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Where phi steps: the one definition that phi, the folded integer thresholds of the
+    packed export and the ONNX graph all read.
+
+    Odd spaces: K = levels steps of height dz at t_k = r + (k - 1) s, k = 1..K, and
+
+        phi(x) = sign(x) dz #{k : |x| > t_k} = sign(x) dz clip(ceil((|x| - r) / s), 0, K)
+
+    Binary (``binary``): one step of height 2 at 0, phi(x) = +1 if x >= 0 else -1.
+    """
+
+    window: float  # r
+    step: float  # s
+    levels: int  # K
+    height: float  # dz
+    binary: bool = False
+
+    @property
+    def thresholds(self) -> list[float]:
+        """t_k = r + (k-1) s, k = 1..K (binary: [0])."""
+        return [self.window + k * self.step for k in range(self.levels)]
 
 
 def pulse(distance: torch.Tensor, height: float, width: float, kind: str) -> torch.Tensor:
@@ -91,16 +121,20 @@ class MultiStep(nn.Module):
         return self.jump / (2.0 * self.width)
 
     @property
+    def steps(self) -> Steps:
+        return Steps(self.window, self.step, self.space.max_code, self.space.dz, self.space.states == 2)
+
+    @property
     def thresholds(self) -> list[float]:
-        """t_k = r + (k-1) s, k = 1..K (binary: [0])."""
-        return [self.window + k * self.step for k in range(self.space.max_code)]
+        return self.steps.thresholds
 
     def levels(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward value phi(x)."""
-        if self.space.states == 2:
+        """Forward value phi(x), as :class:`Steps` defines it."""
+        steps = self.steps
+        if steps.binary:
             return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-        count = x.abs().sub_(self.window).div_(self.step).ceil_().clamp_(0, self.space.max_code)
-        return count.mul_(self.space.dz).mul_(torch.sign(x))
+        count = x.abs().sub_(steps.window).div_(steps.step).ceil_().clamp_(0, steps.levels)
+        return count.mul_(steps.height).mul_(torch.sign(x))
 
     def pulse_count(self, x: torch.Tensor) -> torch.Tensor:
         """How many rect pulses cover each x: #{k : | |x| - t_k | <= a} (float).

@@ -208,9 +208,6 @@ class DiscreteConv2d(DiscreteLayer):
         shape = (g.shape[1],) + tuple(self.state.shape[1:])
         return torch.nn.grad.conv2d_weight(x, shape, g, padding=self.padding)
 
-    def output_size(self, size: int) -> int:
-        return size + 2 * self.padding - self.kernel_size + 1
-
     def extra_repr(self) -> str:
         k = self.kernel_size
         return f"{self.in_channels} -> {self.out_channels}, {k}x{k}, pad={self.padding}, {self.space}"

@@ -98,6 +98,13 @@ class Space:
         """Unsigned state index -> code."""
         return (index.to(torch.int16) * self.code_step - self.max_code).to(torch.int8)
 
+    def contains(self, code: torch.Tensor) -> bool:
+        """Whether every element of ``code`` is a code of this space."""
+        inside = code.abs() <= self.max_code
+        if self.code_step != 1:
+            inside &= (code.to(torch.int16) + self.max_code) % self.code_step == 0
+        return bool(inside.all())
+
     def __str__(self) -> str:
         names = {2: "binary", 3: "ternary"}
         return names.get(self.states, f"{self.states}-state")

@@ -1,0 +1,91 @@
+"""A sweep's grid: Hydra sweep overrides expanded into points, each composed and validated.
+
+    gxnor sweep quant.weight_states=2,3,5 quant.act_states=2,3 trainer.epochs=5
+
+Each sweep override (``a,b,c``, ``range(..)``, ``choice(..)``, group options such as
+``quant=gxnor,bnn``) is expanded with Hydra's own parser; the grid is their product, and
+the other overrides apply to every point.  Every point is composed and validated before
+the first trial trains.  A sweep's identity is the list of its points' overrides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .config import Config, ConfigError, compose, default_config_dir, parse_overrides
+
+
+@dataclass
+class Point:
+    overrides: list[str]  # the whole override list of this trial
+    axes: dict[str, str]  # the swept keys and this point's values
+    cfg: Optional[Config] = None
+    status: str = "PENDING"  # PENDING | RUNNING | FINISHED | FAILED | SKIPPED | KILLED
+    run_id: Optional[str] = None
+    resume: Optional[str] = None  # an interrupted child run of an earlier try to continue
+    metrics: dict = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.axes, sort_keys=True)
+
+
+def load_grid(name: str, config_dir: Path) -> list[str]:
+    """Overrides of a named grid, conf/sweep/NAME.yaml: ``grid: {key: "a,b"}`` and ``fixed: [k=v]``."""
+    import yaml
+
+    path = config_dir / "sweep" / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in (config_dir / "sweep").glob("*.yaml"))
+        raise ConfigError(f"unknown grid {name!r}; available: {', '.join(options) or 'none'}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - {"grid", "fixed"}
+    if unknown:
+        raise ConfigError(f"grid {path}: unknown sections {sorted(unknown)}; use grid and fixed")
+    grid = [f"{k}={v}" for k, v in (spec.get("grid") or {}).items()]
+    return list(spec.get("fixed") or []) + grid
+
+
+def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
+    """``base`` with every key that ``extra`` sets replaced by extra's value."""
+    key = lambda text: text.split("=", 1)[0]
+    replaced = {key(o) for o in extra}
+    return [o for o in base if key(o) not in replaced] + list(extra)
+
+
+def expand(overrides: list[str], config_dir: Optional[Path] = None) -> list[Point]:
+    """All points of the grid, each composed and validated (ConfigError names the bad point)."""
+    config_dir = Path(config_dir).resolve() if config_dir else default_config_dir()
+    parsed = parse_overrides(overrides, config_dir, allow_sweep=True)
+    fixed, axes = [], []
+    for text, override in zip(overrides, parsed):
+        if override.is_sweep_override():
+            key = override.key_or_group
+            axes.append([(key, value) for value in override.sweep_string_iterator()])
+        else:
+            fixed.append(text)
+    points = []
+    for combo in itertools.product(*axes):
+        values = dict(combo)
+        point = Point(fixed + [f"{k}={v}" for k, v in combo], values)
+        try:
+            point.cfg = compose(point.overrides, config_dir)
+        except ConfigError as err:
+            where = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise ConfigError(f"grid point {where}: {err}") from None
+        points.append(point)
+    if len({p.key for p in points}) != len(points):
+        raise ConfigError("the grid repeats a point; list each value once")
+    return points
+
+
+def sweep_id(points: list[Point]) -> str:
+    """A stable identity for a sweep: its points and their full override lists."""
+    text = json.dumps([p.overrides for p in points])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
