@@ -211,17 +211,18 @@ def export(
         fail(f"--out {out_path} is a directory; give a file name")
     if out_path is not None and not out_path.parent.is_dir():
         fail(f"--out {out_path}: directory {out_path.parent} does not exist")
-    ckpt, payload = _checkpoint(run, out_dir, uri)
+    _, payload = _checkpoint(run, out_dir, uri)
     run_id = payload.get("run_id") or Path(run).stem
-    store = Store.of_payload(payload, Store.of(uri, out_dir))
+    local = Store.of(uri, out_dir)  # the file goes here; it is logged to the run's own store
+    store = local if uri else Store(payload.get("tracking_uri") or local.uri, local.out_dir)
     manifest = None
     if fmt == "onnx":
         from .onnx_export import export_onnx
 
-        target = out_path or store.out_dir / "exports" / f"{run_id}.onnx"
+        target = out_path or local.out_dir / "exports" / f"{run_id}.onnx"
         size = export_onnx(payload, target)
     else:
-        target = out_path or store.out_dir / "exports" / f"{run_id}.gxnor"
+        target = out_path or local.out_dir / "exports" / f"{run_id}.gxnor"
         manifest, model = export_run(payload, target)
         size = manifest["bytes"]
     logged = ""
@@ -361,20 +362,43 @@ def _sweep_progress():
 @app.command()
 def ui(
     port: int = typer.Option(5000, help="Port on 127.0.0.1."),
-    out_dir: str = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs."),
+    out_dir: str = RUNS_DIR,
     uri: Optional[str] = TRACKING_URI,
+    experiment: str = typer.Option("gxnor", "--experiment", help="MLflow experiment whose runs to link to."),
 ):
-    """Open the MLflow UI for gxnor's runs on http://127.0.0.1:PORT (job execution off)."""
+    """Open the MLflow UI for gxnor's runs on http://127.0.0.1:PORT (job execution off).
+
+    Prints a link to the runs table and, after a sweep, one to a compare view of its trials."""
+    import signal
+    import socket
+
     from .store import Store
-    from .tracking import serve_ui
+    from .tracking import serve_ui, ui_links
 
     if not 1 <= port <= 65535:
         fail(f"--port must be in 1..65535; got {port}")
     store = Store.of(uri, out_dir)
     if not store.exists():
         fail(f"no runs yet: {store.describe()} does not exist (run gxnor train first)")
-    err.print(f"MLflow UI on http://127.0.0.1:{port} for {store.describe()} (Ctrl-C to stop)", highlight=False)
-    raise typer.Exit(serve_ui(store, port))
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            fail(f"port {port} on 127.0.0.1 is in use; choose another with --port")
+    def stop(signum, frame):  # Ctrl-C or SIGTERM stops the UI at once: its normal end
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    links = ui_links(store, port, experiment)
+    err.print(f"MLflow UI for {store.describe()} (Ctrl-C to stop)", highlight=False)
+    for name, link in links.items():
+        err.print(f"  {name:<6} {link}", highlight=False, soft_wrap=True)
+    try:
+        code = serve_ui(store, port)
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code if code in (0, None) else 1)
 
 
 @app.callback(invoke_without_command=True)

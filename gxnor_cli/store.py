@@ -123,6 +123,9 @@ class Store:
         local = self.checkpoint_dir(ref) / name
         if local.is_file():
             return local
+        if not self.exists():
+            raise UserError(f"no run {ref!r}: there is no tracking store at {self.describe()} "
+                            f"(use --runs-dir or --tracking-uri)")
         run = tracking.find_run(self, ref)
         local = self.checkpoint_dir(run["run_id"]) / name
         if local.is_file():

@@ -19,6 +19,7 @@ Faults:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -64,12 +65,30 @@ def check(store: Store) -> None:
         return
     if store.sqlite_path is not None and store.out_dir.exists() and not store.out_dir.is_dir():
         raise StoreError(f"the runs directory {store.out_dir} is a file; remove it or set trainer.out_dir")
+    if store.is_remote:
+        _probe(store)
     with store.first_use():
         try:
             _client(store).search_experiments(max_results=1)
         except Exception as err:  # mlflow, sqlalchemy, requests and OS errors all land here
             raise StoreError(f"cannot use the tracking store {store.describe()}: {_first_line(err)}") from None
     _checked.add(store.uri)
+
+
+def _probe(store: Store, timeout: float = 5.0) -> None:
+    """One quick request to a tracking server's /health: seconds, not MLflow's minutes of retries."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{store.uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answers; whether it is an MLflow server the next request tells
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise StoreError(f"no tracking server answers at {store.uri} ({reason}); start it or set "
+                         f"tracking.uri") from None
 
 
 def git_sha() -> str:
@@ -188,7 +207,11 @@ class Run:
     def end(self, status: str = "FINISHED") -> bool:
         """Mark the run ended (after what is pending); False, with one line, if the store is away."""
         assert status in STATUSES
-        self._call(lambda: self.client.set_terminated(self.run_id, status=status))
+        def terminate() -> None:
+            with contextlib.redirect_stdout(sys.stderr):  # MLflow prints "View run ... at" links
+                self.client.set_terminated(self.run_id, status=status)
+
+        self._call(terminate)
         if self.pending:
             self.warn(f"gxnor: could not mark run {self.run_id} {status}: the tracking store is not answering; "
                       f"it stays RUNNING there until gxnor sees it again")
@@ -276,11 +299,56 @@ def reap_stale(store: Store, experiment: str) -> list[str]:
     return reaped
 
 
+#: Lines of MLflow's server output that are no business of a gxnor user (gxnor serves on
+#: 127.0.0.1 only, with job execution off, and has no model registry to configure).
+UI_NOISE = ("Registry store URI", "0.0.0.0", "allowed-hosts", "Deprecat", "deprecat", "from starlette",
+            "executor_registry", "Creating initial MLflow database", "Updating database tables", "alembic",
+            "Context impl", "Will assume", "Running upgrade", "Started parent process", "Waiting for",
+            "Started server process", "Application startup", "Uvicorn running")
+
+
+def ui_links(store: Store, port: int, experiment: str) -> dict[str, str]:
+    """Links into the MLflow UI: the runs table of ``experiment`` and a compare view of its
+    newest sweep's children (when there is one)."""
+    base = f"http://127.0.0.1:{port}"
+    exp = experiment_id(store, experiment, create=False) if store.exists() else None
+    if exp is None:
+        return {"ui": base}
+    links = {"runs": f"{base}/#/experiments/{exp}/runs"}
+    sweeps = _search(store, "tags.`gxnor.command` = 'sweep'", experiment)
+    parents = [r for r in sweeps if "mlflow.parentRunId" not in r["tags"]]
+    if parents:
+        kids = [k["run_id"] for k in child_runs(store, parents[0]["run_id"], experiment)]
+        if kids:
+            ids = ",".join(f'"{k}"' for k in kids)
+            links["sweep"] = f"{base}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp}\"]"
+    return links
+
+
 def serve_ui(store: Store, port: int) -> int:
-    """Run the MLflow UI on 127.0.0.1 with job execution off; returns its exit code."""
+    """Run the MLflow UI on 127.0.0.1 (job execution off) until Ctrl-C; returns its exit code.
+
+    The server runs in a process group of its own, stopped whole on the way out (MLflow's
+    workers included), and only the lines of its output that matter reach stderr."""
+    import signal
+
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.uri, "--host", "127.0.0.1",
-           "--port", str(port)]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri, "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]
     if store.artifact_location:
         cmd += ["--default-artifact-root", store.artifact_location]
-    return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.strip() and not any(noise in line for noise in UI_NOISE) and not line.startswith("  "):
+                print(line.rstrip(), file=sys.stderr, flush=True)
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,236 @@
+"""Faults a cluster makes routine, through the real CLI in real processes: signals, killed
+workers, concurrent first use of a store, bad stores, resume from anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, runs_in_store
+
+# a few seconds per trial on one thread: long enough to be interrupted mid-way
+SLOW = ["model.arch=8C3-MP2-32FC-10", "data.limit=300", "trainer.batch_size=25", "trainer.threads=1"]
+
+
+def gxnor(cwd: Path, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gxnor_cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def store_copy(template: Path, where: Path) -> Path:
+    (where / "runs").mkdir(parents=True)
+    shutil.copy(template, where / "runs" / "mlflow.db")
+    return where / "runs"
+
+
+def wait_for(condition, timeout: float = 120, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as handle:  # a zombie is dead too
+        return handle.read().split(")")[-1].split()[0] != "Z"
+
+
+def running_children(runs: Path) -> list:
+    return [r for r in runs_in_store(runs) if "mlflow.parentRunId" in r.data.tags and r.info.status == "RUNNING"]
+
+
+def test_concurrent_first_use_of_a_fresh_store(tmp_path):
+    procs = [gxnor(tmp_path, "train", *TINY) for _ in range(3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e for _, e in results]
+    runs = runs_in_store(tmp_path / "runs")
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_sigterm_ends_the_run_killed_with_exit_143_and_a_usable_checkpoint(tmp_path, mlflow_template):
+    runs = store_copy(mlflow_template, tmp_path)
+    proc = gxnor(tmp_path, "train", *SLOW, "trainer.epochs=300")
+    last = wait_for(lambda: next(iter(runs.glob("checkpoints/*/last.pt")), None), what="last.pt")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err
+    (run,) = runs_in_store(runs)
+    assert run.info.status == "KILLED"
+    done = subprocess.run([sys.executable, "-m", "gxnor_cli", "train", f"trainer.resume={last}", "trainer.epochs=2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (run,) = runs_in_store(runs)
+    assert run.info.status == "FINISHED"
+
+
+def test_a_run_whose_process_was_killed_is_marked_when_found(tmp_path, mlflow_template):
+    runs = store_copy(mlflow_template, tmp_path)
+    proc = gxnor(tmp_path, "train", *SLOW, "trainer.epochs=300")
+    wait_for(lambda: list(runs.glob("checkpoints/*/last.pt")), what="last.pt")
+    proc.kill()
+    proc.communicate()
+    (stale,) = runs_in_store(runs)
+    assert stale.info.status == "RUNNING"  # nothing could mark it: the process had no chance
+    done = subprocess.run([sys.executable, "-m", "gxnor_cli", "train", *TINY], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    statuses = {r.info.run_id: (r.info.status, r.data.tags.get("gxnor.error", "")) for r in runs_in_store(runs)}
+    assert statuses[stale.info.run_id][0] == "KILLED" and "ended without closing" in statuses[stale.info.run_id][1]
+
+
+def sweep_args(epochs: int) -> list[str]:
+    return ["sweep", "quant.window=0.3,0.5,0.7", *SLOW, f"trainer.epochs={epochs}", "--jobs", "2"]
+
+
+def test_killed_sweep_takes_its_workers_along_and_a_rerun_continues_the_same_children(tmp_path, mlflow_template):
+    runs = store_copy(mlflow_template, tmp_path)
+    proc = gxnor(tmp_path, *sweep_args(100))
+    kids = wait_for(lambda: len(running_children(runs)) == 2 and list(runs.glob("checkpoints/*/last.pt"))
+                    and running_children(runs), what="two running trials")
+    pids = [int(k.data.tags["gxnor.pid"]) for k in kids]
+    proc.kill()
+    proc.communicate()
+    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=30, what="the workers to end")
+    interrupted = {k.info.run_id for k in kids}
+    statuses = {r.info.run_id: r.info.status for r in runs_in_store(runs) if r.info.run_id in interrupted}
+    assert set(statuses.values()) == {"KILLED"}  # each worker ended its own run on the way out
+    # the same command again: the two interrupted points continue from their last.pt, same runs
+    done = subprocess.run([sys.executable, "-m", "gxnor_cli", *sweep_args(100)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    children = [r for r in runs_in_store(runs) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}
+    assert interrupted <= {r.info.run_id for r in children}
+
+
+def test_a_worker_killed_by_the_oom_killer_is_a_failed_trial_and_the_sweep_goes_on(tmp_path, mlflow_template):
+    runs = store_copy(mlflow_template, tmp_path)
+    proc = gxnor(tmp_path, *sweep_args(60))
+    kids = wait_for(lambda: running_children(runs), what="a running trial")
+    victim = kids[0]
+    os.kill(int(victim.data.tags["gxnor.pid"]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err and "worker died (signal 9" in err
+    children = {r.info.run_id: r for r in runs_in_store(runs) if "mlflow.parentRunId" in r.data.tags}
+    assert children[victim.info.run_id].info.status == "FAILED"
+    assert sorted(r.info.status for r in children.values()) == ["FAILED", "FINISHED", "FINISHED"]
+    (parent,) = [r for r in runs_in_store(runs) if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED"
+
+
+def test_sigint_to_the_sweep_stops_running_trials_and_starts_no_queued_one(tmp_path, mlflow_template):
+    runs = store_copy(mlflow_template, tmp_path)
+    proc = gxnor(tmp_path, *sweep_args(300))
+    wait_for(lambda: len(running_children(runs)) == 2, what="two running trials")
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    all_runs = runs_in_store(runs)
+    assert len(all_runs) == 3 and {r.info.status for r in all_runs} == {"KILLED"}  # parent + 2, none queued
+
+
+def test_resume_from_another_directory_and_with_repeated_keys(cli, runs_dir, tmp_path, monkeypatch):
+    code, out, err = cli("train", *TINY, "--json")
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    last = runs_dir / "checkpoints" / run_id / "last.pt"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    threads = torch.get_num_threads()
+    try:
+        code, out, err = cli("train", f"trainer.resume={last}", *TINY[:1], "trainer.epochs=3", "--json")
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    assert json.loads(out)["run_id"] == run_id and not (elsewhere / "runs").exists()
+    (run,) = runs_in_store(runs_dir)
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(f"sqlite:///{runs_dir / 'mlflow.db'}").get_metric_history(run_id, "val_acc")
+    assert run.info.status == "FINISHED" and [m.step for m in history] == [1, 2, 3]
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_before_the_run_is_touched(cli, runs_dir):
+    from gxnor_cli import checkpoint
+
+    code, out, _ = cli("train", *TINY, "--json")
+    run_id = json.loads(out)["run_id"]
+    last = runs_dir / "checkpoints" / run_id / "last.pt"
+    payload = checkpoint.load(last)
+    key = next(k for k, v in payload["model"].items() if v.dtype == torch.int8)
+    payload["model"][key] = payload["model"][key][:1]  # a tensor that no longer fits its layer
+    checkpoint.save(last, {k: v for k, v in payload.items() if k != "format"})
+    code, _, err = cli("train", f"trainer.resume={run_id}", "trainer.epochs=3")
+    assert code == 2 and "does not describe a gxnor model" in err and len(err.strip().splitlines()) == 1
+    (run,) = runs_in_store(runs_dir)
+    assert run.info.status == "FINISHED"
+
+
+def test_states_outside_their_space_are_refused_by_eval_and_export(cli, runs_dir):
+    from gxnor_cli import checkpoint
+
+    code, out, _ = cli("train", *TINY, "--json")
+    run_id = json.loads(out)["run_id"]
+    best = runs_dir / "checkpoints" / run_id / "best.pt"
+    payload = checkpoint.load(best)
+    key = next(k for k, v in payload["model"].items() if v.dtype == torch.int8)
+    payload["model"][key].view(-1)[0] = -2  # a flipped byte: no ternary state
+    checkpoint.save(best, {k: v for k, v in payload.items() if k != "format"})
+    for command in ("eval", "export"):
+        code, _, err = cli(command, str(best))
+        assert code == 2 and "outside the ternary space" in err, err
+
+
+def test_a_last_batch_of_one_sample_is_merged_and_a_single_sample_is_refused(cli, runs_dir):
+    code, _, err = cli("train", "model.arch=8C3-MP2-32FC-10", "trainer.epochs=1", "data.limit=301",
+                       "trainer.batch_size=50", "trainer.threads=1")
+    assert code == 0, err
+    code, _, err = cli("train", *TINY, "data.limit=1")
+    assert code == 2 and "data.limit must be >= 2" in err
+    code, _, err = cli("train", *TINY, "trainer.batch_size=1")
+    assert code == 2 and "trainer.batch_size must be >= 2" in err
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: (d / "runs").write_text("x"), "is a file"),
+    (lambda d: ((d / "runs").mkdir(), (d / "runs" / "mlflow.db").write_bytes(b"garbage" * 100)),
+     "not a database"),
+])
+def test_a_broken_store_is_one_line_and_exit_2_before_training(cli, tmp_path, monkeypatch, setup, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    setup(tmp_path)
+    code, _, err = cli("train", *TINY)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_unreachable_server_is_refused_in_seconds(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    start = time.time()
+    code, _, err = cli("train", *TINY, "tracking.uri=http://127.0.0.1:9")
+    assert code == 2 and "no tracking server answers at http://127.0.0.1:9" in err
+    assert len(err.strip().splitlines()) == 1 and time.time() - start < 30
+
+
+def test_eval_where_there_are_no_runs_creates_no_store(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, _, err = cli("eval", "0123abcd")
+    assert code == 2 and "no tracking store" in err and not (tmp_path / "runs").exists()

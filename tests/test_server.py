@@ -1,0 +1,120 @@
+"""A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts), started and
+stopped by these tests: runs logged to it, checkpoints downloaded from it elsewhere, and a
+server that dies mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``mlflow server`` in its own process group, so stopping it leaves nothing behind."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port, self.proc = root, port, None
+        self.uri = f"http://127.0.0.1:{port}"
+
+    def start(self) -> "Server":
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port",
+             str(self.port), "--workers", "1"],
+            cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("mlflow server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "server"
+    root.mkdir()
+    srv = Server(root, free_port()).start()
+    yield srv
+    srv.stop()
+
+
+def gxnor(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "gxnor_cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_runs_go_to_the_server_and_eval_downloads_the_checkpoint_elsewhere(server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    trainer_dir, other = tmp_path / "node1", tmp_path / "laptop"
+    trainer_dir.mkdir(), other.mkdir()
+    done = gxnor(trainer_dir, "train", *TINY, f"tracking.uri={server.uri}", "--json")
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    client = MlflowClient(server.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["trainer.epochs"] == "2"
+    assert "test_acc" in run.data.metrics
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"checkpoint", "config.yaml", "plots"}
+    assert (server.root / "artifacts").is_dir()  # proxied: the server holds the files
+    # another machine (directory) with no runs/ of its own: found through the server, by id prefix
+    done = gxnor(other, "eval", run_id[:10], "--tracking-uri", server.uri, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["acc"] == pytest.approx(run.data.metrics["test_acc"])
+    assert not (other / "runs" / "mlflow.db").exists()
+
+
+def test_a_server_that_dies_mid_run_costs_no_training_and_nothing_logged(server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    args = ["train", "model.arch=8C3-MP2-32FC-10", "data.limit=300", "trainer.batch_size=25", "trainer.threads=1",
+            "trainer.epochs=60", f"tracking.uri={server.uri}"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "gxnor_cli", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stderr:  # progress lines: one per epoch
+        lines.append(line)
+        if line.startswith("epoch 3/"):
+            break
+    server.stop()
+    for line in proc.stderr:
+        lines.append(line)
+        if "not answering" in line:
+            break
+    server.start()  # back on the same port, same database
+    out, rest = proc.communicate(timeout=300)
+    err = "".join(lines) + rest
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "answers again" in err
+    run_id = next(l.split()[1] for l in lines if l.startswith("run "))
+    client = MlflowClient(server.uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == list(range(1, 61))
