@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import List, Optional
@@ -61,29 +62,38 @@ def _checkpoint(ref: str, out_dir: str, uri: Optional[str] = None) -> tuple[Path
 
 
 class EpochProgress:
-    """Per-epoch progress on stderr: a rich bar on a terminal, else one plain line per epoch."""
+    """Progress on stderr: on a terminal, a bar over the epochs and one over the current epoch's
+    samples (samples/s, time left); else one plain line per epoch."""
 
     def __init__(self):
-        self.bar, self.task, self.total = None, None, 0
+        self.bar, self.total, self.epoch_start = None, 0, 0.0
 
     def start(self, run_id: str, cfg) -> None:
         q = cfg.quant
         print(f"run {run_id}  {cfg.data.name}  {cfg.model.arch}  W{q.weight_states}/A{q.act_states}  "
               f"dst={cfg.dst.rule}", file=sys.stderr, flush=True)
-        self.total = cfg.trainer.epochs
+        self.total, self.epoch_start = cfg.trainer.epochs, time.perf_counter()
         if sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                TextColumn("{task.fields[status]}"), console=err)
-            self.task = self.bar.add_task("train", total=self.total, status="")
+            self.bar = Progress(TextColumn("[bold]{task.description:>6}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=err)
+            self.run_task = self.bar.add_task("epochs", total=self.total, status="")
+            self.epoch_task = self.bar.add_task("epoch", total=1, status="")
             self.bar.start()
 
+    def batch(self, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        rate = done / max(time.perf_counter() - self.epoch_start, 1e-9)
+        self.bar.update(self.epoch_task, completed=done, total=total, status=f"{rate:,.0f} samples/s")
+
     def update(self, m: dict) -> None:
+        self.epoch_start = time.perf_counter()
         if self.bar is None:
             print(_epoch_line(m, self.total), file=sys.stderr, flush=True)
         else:
-            self.bar.update(self.task, completed=m["epoch"],
+            self.bar.update(self.run_task, completed=m["epoch"],
                             status=f"loss {m['train_loss']:.4f}  val {m['val_acc']:.4f}")
 
     def stop(self) -> None:
@@ -123,7 +133,7 @@ def train(
     progress = EpochProgress()
     try:
         result = train_run(cfg, overrides, on_epoch=progress.update, on_start=progress.start,
-                           tags={"gxnor.command": "train"})
+                           tags={"gxnor.command": "train"}, on_batch=progress.batch)
     finally:
         progress.stop()
     if json_out:
@@ -148,6 +158,8 @@ def evaluate_cmd(
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Read the dataset from here instead."),
     batch_size: int = typer.Option(1000, min=1),
     engine: str = typer.Option("torch", help="torch (a run or checkpoint) | packed (an exported .gxnor file)."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write each sample's prediction "
+                                               "to this CSV file (index,label,prediction), to diff models."),
 ):
     """Accuracy, per-layer sparsity and resting probability of a trained run on a data split.
 
@@ -160,16 +172,19 @@ def evaluate_cmd(
         fail(f"--split must be train, val or test; got {split!r}")
     if engine not in ("torch", "packed"):
         fail(f"--engine must be torch or packed; got {engine!r}")
+    if predictions is not None and (predictions.is_dir() or not predictions.parent.is_dir()):
+        fail(f"--predictions {predictions}: give a file in an existing directory")
     if engine == "packed":
         from .engine import PackedModel
 
-        result = {"export": run, **evaluate_packed(PackedModel.load(Path(run)), split, data_root, batch_size)}
+        result = {"export": run, **evaluate_packed(PackedModel.load(Path(run)), split, data_root, batch_size,
+                                                   predictions)}
         title, cols = (f"packed engine on the {split} split of {result['data']} ({result['samples']} samples)",
                        ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob",
                         "popcount_words"])
     else:
         _, payload = _checkpoint(run, out_dir, uri)
-        result = {"run": run, **evaluate_run(payload, split, data_root, batch_size)}
+        result = {"run": run, **evaluate_run(payload, split, data_root, batch_size, predictions)}
         title, cols = (f"{split} split of {result['data']} ({result['samples']} samples)",
                        ["layer", "states", "weights", "weight_zero_frac", "act_zero_frac", "resting_prob"])
     if json_out:
@@ -327,7 +342,7 @@ def sweep(
 
 
 def _sweep_progress():
-    """A live table of trial status on a terminal, else one line per finished trial."""
+    """A live table of the trials on a terminal, else a line per trial-epoch and per ended trial."""
     if sys.stderr.isatty():
         from rich.live import Live
         from rich.table import Table
@@ -337,24 +352,30 @@ def _sweep_progress():
 
         def show(points):
             grid = Table(title="sweep", title_justify="left")
-            for name in ["#", *points[0].axes, "status", "test_acc"]:
+            for name in ["#", *points[0].axes, "status", "progress", "test_acc"]:
                 grid.add_column(name)
             for i, p in enumerate(points, 1):
                 acc = p.metrics.get("test_acc")
-                grid.add_row(str(i), *p.axes.values(), p.status, "" if acc is None else f"{acc:.4f}")
+                grid.add_row(str(i), *p.axes.values(), p.status, p.progress if p.status == "RUNNING" else "",
+                             "" if acc is None else f"{acc:.4f}")
             live.update(grid)
 
         return show, live.stop
-    reported = set()
+    reported: dict[str, str] = {}
 
     def plain(points):
         for i, p in enumerate(points, 1):
-            if p.status in ("FINISHED", "FAILED", "SKIPPED") and p.key not in reported:
-                reported.add(p.key)
-                acc = p.metrics.get("test_acc")
+            if p.status in ("FINISHED", "FAILED", "SKIPPED", "KILLED"):
+                line = f"{p.status:<8} " + (f"test_acc {p.metrics['test_acc']:.4f}" if "test_acc" in p.metrics
+                                             else p.error)
+            elif p.status == "RUNNING" and p.progress:
+                line = f"RUNNING  {p.progress}"
+            else:
+                continue
+            if reported.get(p.key) != line:
+                reported[p.key] = line
                 where = " ".join(f"{k}={v}" for k, v in p.axes.items())
-                extra = f"test_acc {acc:.4f}" if acc is not None else p.error
-                print(f"[{i}/{len(points)}] {p.status:<8} {where}  {extra}", file=sys.stderr, flush=True)
+                print(f"[{i}/{len(points)}] {where}  {line}", file=sys.stderr, flush=True)
 
     return plain, lambda: None
 

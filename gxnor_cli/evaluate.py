@@ -172,8 +172,17 @@ def state_histograms(model: nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
 
 
 # -- reports on trained runs and packed files (used by the CLI) -------------------------------
-def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 1000) -> dict:
-    """Accuracy, zero shares and resting probabilities of a checkpoint payload on a split."""
+def write_predictions(path, labels, predictions) -> None:
+    """A CSV of ``index,label,prediction``, one row per sample of the split, written atomically."""
+    from .checkpoint import atomic_write
+
+    rows = "".join(f"{i},{int(y)},{int(p)}\n" for i, (y, p) in enumerate(zip(labels, predictions)))
+    atomic_write(path, lambda handle: handle.write(("index,label,prediction\n" + rows).encode()))
+
+
+def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 1000, predictions=None) -> dict:
+    """Accuracy, zero shares and resting probabilities of a checkpoint payload on a split
+    (and each sample's prediction written to the CSV file ``predictions``)."""
     from .data import load_data
     from .discrete import summarize
     from .errors import UserError
@@ -186,6 +195,9 @@ def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 10
         raise UserError(f"the data at {section.root or 'its default place'} has inputs {tuple(data.shape)}, "
                         f"the model expects {tuple(payload['in_shape'])}")
     metrics = evaluate_split(model, data, split, batch_size)
+    if predictions is not None:
+        part = data.split(split)
+        write_predictions(predictions, part.labels.tolist(), predict(model, part, data.max_value, batch_size).tolist())
     layers = {}
     for row in summarize(model):
         name = label(row["layer"])
@@ -211,19 +223,22 @@ def packed_data(manifest: dict, data_root=None) -> Dataset:
                      src.get("seed", 0))
 
 
-def evaluate_packed(model, split: str, data_root=None, batch_size: int = 256) -> dict:
-    """Accuracy and per-layer events of the packed engine on a split."""
+def evaluate_packed(model, split: str, data_root=None, batch_size: int = 256, predictions=None) -> dict:
+    """Accuracy and per-layer events of the packed engine on a split (and each sample's
+    prediction written to the CSV file ``predictions``)."""
     import time
 
     data = packed_data(model.manifest, data_root)
     part = data.split(split)
     start = time.perf_counter()
-    predictions = model.predict(part.images.numpy(), batch_size)
+    outputs = model.predict(part.images.numpy(), batch_size)
     seconds = time.perf_counter() - start
+    if predictions is not None:
+        write_predictions(predictions, part.labels.tolist(), outputs.tolist())
     layers = model.event_table()
     pairs, opened = sum(l["pairs"] for l in layers[1:]), sum(l["gates_opened"] for l in layers[1:])
     return {"engine": "packed", "data": data.name, "split": split, "samples": len(part),
-            "acc": float((predictions == part.labels.numpy()).mean()),
+            "acc": float((outputs == part.labels.numpy()).mean()),
             "resting_prob": 1 - opened / pairs if pairs else 0.0, "samples_per_s": len(part) / seconds,
             "layers": layers}
 

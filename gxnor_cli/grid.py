@@ -30,6 +30,7 @@ class Point:
     resume: Optional[str] = None  # an interrupted child run of an earlier try to continue
     metrics: dict = field(default_factory=dict)
     error: str = ""
+    progress: str = ""  # the last epoch of a running trial, e.g. "epoch 3/20 val 0.9126"
 
     @property
     def key(self) -> str:

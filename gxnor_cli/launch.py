@@ -30,8 +30,10 @@ Update = Callable[[list[Point]], None]
 
 
 def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
-              on_start: Optional[Callable[[str], None]] = None) -> dict:
-    """Train one point as a child run; returns {"status", "run_id", metrics..., "error"}."""
+              on_start: Optional[Callable[[str], None]] = None,
+              on_progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Train one point as a child run; returns {"status", "run_id", metrics..., "error"}.
+    ``on_progress`` gets one short line per epoch."""
     import traceback
 
     from .runner import train_run
@@ -42,6 +44,8 @@ def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
         overrides.append(f"trainer.resume={point.resume}")
     if threads and not cfg.trainer.threads:
         cfg.trainer.threads = threads
+    if cfg.tracking.run_name is None:  # name the child after its point, e.g. "window=0.3 pulse=tri"
+        cfg.tracking.run_name = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.axes.items())
     started = {"run_id": point.resume}
 
     def begin(run_id: str, _cfg) -> None:
@@ -50,7 +54,11 @@ def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
             on_start(run_id)
 
     try:
-        result = train_run(cfg, overrides, parent_id=parent_id, on_start=begin,
+        def epoch_done(m: dict) -> None:
+            if on_progress is not None:
+                on_progress(f"epoch {m['epoch']}/{cfg.trainer.epochs} val {m['val_acc']:.4f}")
+
+        result = train_run(cfg, overrides, parent_id=parent_id, on_start=begin, on_epoch=epoch_done,
                            tags={"gxnor.command": "sweep", "gxnor.point": point.key})
         return {"status": "FINISHED", **result}
     except KeyboardInterrupt:
@@ -101,7 +109,8 @@ def _worker(conn, point: Point, parent_id: str, threads: int, parent: int) -> No
     install_interrupt_handler(quiet=True)
     _die_with_parent(parent)
     torch.set_num_threads(threads)
-    result = run_trial(point, parent_id, threads, on_start=lambda run_id: conn.send(("started", run_id)))
+    result = run_trial(point, parent_id, threads, on_start=lambda run_id: conn.send(("started", run_id)),
+                       on_progress=lambda line: conn.send(("progress", line)))
     conn.send(("done", {k: v for k, v in result.items() if k != "traceback"}))
     conn.close()
 
@@ -124,7 +133,12 @@ class LocalLauncher:
         for point in [p for p in points if p.status == "PENDING"]:
             point.status = "RUNNING"
             update(points)
-            record(point, run_trial(point, parent_id))
+
+            def progress(line: str, point: Point = point) -> None:
+                point.progress = line
+                update(points)
+
+            record(point, run_trial(point, parent_id, on_progress=progress))
             update(points)
             if point.status == "KILLED":
                 for rest in points:
@@ -192,6 +206,8 @@ class LocalLauncher:
                 kind, value = conn.recv()
                 if kind == "started":
                     point.run_id = value
+                elif kind == "progress":
+                    point.progress = value
                 else:
                     result = value
         except (EOFError, OSError):
@@ -199,7 +215,8 @@ class LocalLauncher:
         if result is not None:
             record(point, result)
         elif process.is_alive():
-            return  # only the start message so far
+            update(points)  # a start or progress message
+            return
         else:
             process.join()
             code = process.exitcode

@@ -83,7 +83,7 @@ def dataset_digest(data: Dataset) -> str:
 
 def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Optional[Callable[[dict], None]] = None,
               on_start: Optional[Callable[[str, Config], None]] = None, parent_id: Optional[str] = None,
-              tags: Optional[dict] = None) -> dict:
+              tags: Optional[dict] = None, on_batch: Optional[Callable[[int, int], None]] = None) -> dict:
     """Train one run (new or resumed) and return its final metrics with ``run_id``."""
     overrides = list(overrides or [])
     payload, store = None, Store.of_config(cfg)
@@ -126,7 +126,7 @@ def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Opti
             on_epoch(metrics)
 
     try:
-        result = trainer.fit(epoch_done)
+        result = trainer.fit(epoch_done, on_batch)
         run.log_metrics(result, step=cfg.trainer.epochs)
         log_artifacts(run, trainer)
     except KeyboardInterrupt:

@@ -299,12 +299,10 @@ def reap_stale(store: Store, experiment: str) -> list[str]:
     return reaped
 
 
-#: Lines of MLflow's server output that are no business of a gxnor user (gxnor serves on
-#: 127.0.0.1 only, with job execution off, and has no model registry to configure).
-UI_NOISE = ("Registry store URI", "0.0.0.0", "allowed-hosts", "Deprecat", "deprecat", "from starlette",
-            "executor_registry", "Creating initial MLflow database", "Updating database tables", "alembic",
-            "Context impl", "Will assume", "Running upgrade", "Started parent process", "Waiting for",
-            "Started server process", "Application startup", "Uvicorn running")
+#: Of MLflow's server output, only what looks like a problem reaches the user; its access
+#: log, migration chatter and advice about --host 0.0.0.0 (gxnor serves on 127.0.0.1 only)
+#: do not.
+UI_PROBLEMS = ("ERROR", "Error", "Traceback", "Exception", "address already in use")
 
 
 def ui_links(store: Store, port: int, experiment: str) -> dict[str, str]:
@@ -314,14 +312,17 @@ def ui_links(store: Store, port: int, experiment: str) -> dict[str, str]:
     exp = experiment_id(store, experiment, create=False) if store.exists() else None
     if exp is None:
         return {"ui": base}
-    links = {"runs": f"{base}/#/experiments/{exp}/runs"}
+    # the Model training view (MLflow 3 opens on GenAI pages otherwise), best test accuracy first
+    links = {"runs": f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning"
+                     f"&orderByKey=metrics.%60test_acc%60&orderByAsc=false"}
     sweeps = _search(store, "tags.`gxnor.command` = 'sweep'", experiment)
     parents = [r for r in sweeps if "mlflow.parentRunId" not in r["tags"]]
     if parents:
         kids = [k["run_id"] for k in child_runs(store, parents[0]["run_id"], experiment)]
         if kids:
             ids = ",".join(f'"{k}"' for k in kids)
-            links["sweep"] = f"{base}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp}\"]"
+            links["sweep"] = (f"{base}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp}\"]"
+                              f"&workflowType=machine_learning")
     return links
 
 
@@ -341,7 +342,7 @@ def serve_ui(store: Store, port: int) -> int:
                             start_new_session=True)
     try:
         for line in proc.stdout:
-            if line.strip() and not any(noise in line for noise in UI_NOISE) and not line.startswith("  "):
+            if any(problem in line for problem in UI_PROBLEMS):
                 print(line.rstrip(), file=sys.stderr, flush=True)
         return proc.wait()
     finally:

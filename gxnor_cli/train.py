@@ -1,6 +1,7 @@
 """The training loop: DST for discrete weights, Adam for BatchNorm, one epoch at a time.
 
-``fit`` runs a plain loop and calls ``on_epoch(metrics)`` after every epoch.  Each epoch
+``fit`` runs a plain loop and calls ``on_epoch(metrics)`` after every epoch (and
+``on_batch(samples_done, samples_in_epoch)`` after every batch, for progress).  Each epoch
 it writes ``last.pt`` (everything needed to resume) and, when validation accuracy
 improves, ``best.pt`` (the selected model); both atomically.  At the end the best
 checkpoint is evaluated on the test split: ``test_acc`` is that checkpoint's accuracy,
@@ -40,6 +41,7 @@ from .evaluate import evaluate
 from .interrupt import check_stop
 
 EpochCallback = Callable[[dict], None]
+BatchCallback = Callable[[int, int], None]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -155,7 +157,7 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         return lr
 
-    def train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self, epoch: int, on_batch: Optional[BatchCallback] = None) -> dict:
         cfg = self.cfg
         self.model.train()
         shuffle = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + epoch)
@@ -173,18 +175,20 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct_sum += (scores.detach().argmax(1) == y).sum()
             seen += len(y)
+            if on_batch is not None:
+                on_batch(seen, len(self.train_split))
         total_loss, correct = loss_sum.item(), correct_sum.item()
         if not math.isfinite(total_loss):
             raise RuntimeError(f"training diverged at epoch {epoch}: loss is {total_loss}")
         return {"train_loss": total_loss / seen, "train_acc": correct / seen}
 
-    def fit(self, on_epoch: Optional[EpochCallback] = None) -> dict:
+    def fit(self, on_epoch: Optional[EpochCallback] = None, on_batch: Optional[BatchCallback] = None) -> dict:
         """Train from ``self.epoch`` to ``trainer.epochs``; return the final metrics."""
         cfg = self.cfg
         for epoch in range(self.epoch, cfg.trainer.epochs):
             lr = self.set_lr(epoch)
             start = time.perf_counter()
-            metrics = {"epoch": epoch + 1, "lr": lr, **self.train_epoch(epoch)}
+            metrics = {"epoch": epoch + 1, "lr": lr, **self.train_epoch(epoch, on_batch)}
             elapsed = time.perf_counter() - start
             metrics["epoch_time_s"] = elapsed
             metrics["samples_per_s"] = len(self.train_split) / elapsed

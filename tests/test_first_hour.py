@@ -1,0 +1,94 @@
+"""What a new user meets in the first hour, through the real entry point: run ids, messages
+for the wrong kind of file, predictions to diff, file modes, help that lists everything."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import stat
+
+from conftest import TINY, runs_in_store
+
+
+def train(cli) -> str:
+    code, out, err = cli("train", *TINY, "--json")
+    assert code == 0, err
+    return json.loads(out)["run_id"]
+
+
+def test_a_unique_prefix_names_a_run_and_eval_json_is_pure(cli, runs_dir):
+    run_id = train(cli)
+    code, out, err = cli("eval", run_id[:8], "--json")
+    assert code == 0, err
+    assert json.loads(out)["samples"] > 0  # stdout holds the JSON alone
+
+
+def test_eval_of_a_sweep_lists_its_children(cli, runs_dir):
+    code, _, err = cli("sweep", "quant.window=0.3,0.6", *TINY)
+    assert code == 0, err
+    parent = next(r for r in runs_in_store(runs_dir) if "mlflow.parentRunId" not in r.data.tags)
+    kids = [r.info.run_id[:8] for r in runs_in_store(runs_dir) if "mlflow.parentRunId" in r.data.tags]
+    code, _, err = cli("eval", parent.info.run_id)
+    assert code == 2 and "is a sweep" in err and all(k in err for k in kids)
+
+
+def test_predictions_of_both_engines_agree_and_the_wrong_engine_says_what_to_type(cli, runs_dir, tmp_path):
+    run_id = train(cli)
+    packed = tmp_path / "m.gxnor"
+    code, out, err = cli("export", run_id, "--out", str(packed))
+    assert code == 0, err
+    code, _, err = cli("eval", str(packed))
+    assert code == 2 and f"gxnor eval --engine packed {packed}" in err
+    rows = {}
+    for engine, ref in (("torch", run_id), ("packed", str(packed))):
+        target = tmp_path / f"{engine}.csv"
+        code, out, err = cli("eval", ref, "--engine", engine, "--predictions", str(target), "--json")
+        assert code == 0, err
+        with open(target) as handle:
+            rows[engine] = list(csv.DictReader(handle))
+        accuracy = sum(r["label"] == r["prediction"] for r in rows[engine]) / len(rows[engine])
+        assert accuracy == json.loads(out)["acc"]
+    assert rows["torch"] == rows["packed"] and len(rows["torch"]) == json.loads(out)["samples"]
+
+
+def test_exports_name_their_run_not_a_local_path_and_files_follow_the_umask(cli, runs_dir, tmp_path):
+    old = os.umask(0o022)
+    try:
+        run_id = train(cli)
+        target = tmp_path / "m.gxnor"
+        code, _, err = cli("export", run_id, "--out", str(target))
+        assert code == 0, err
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert stat.S_IMODE((runs_dir / "checkpoints" / run_id / "best.pt").stat().st_mode) == 0o644
+    data = target.read_bytes()
+    assert run_id.encode() in data and str(runs_dir).encode() not in data
+
+
+def test_export_refuses_a_directory_or_a_missing_parent(cli, runs_dir, tmp_path):
+    run_id = train(cli)
+    code, _, err = cli("export", run_id, "--out", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+    code, _, err = cli("export", run_id, "--out", str(tmp_path / "no" / "such" / "m.gxnor"))
+    assert code == 2 and "does not exist" in err and not (tmp_path / "no").exists()
+
+
+def test_help_lists_every_key_of_the_schema(cli):
+    from gxnor_cli.config import describe
+
+    code, out, _ = cli("train", "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    for name, _, _, _ in describe():
+        assert name in flat, name
+    code, out, _ = cli("export", "--help")
+    assert "gxnor[onnx]" in " ".join(out.split())
+
+
+def test_non_finite_numbers_are_refused_before_any_run(cli, runs_dir):
+    for override in ("quant.window=nan", "optim.lr=inf", "dst.m=-inf"):
+        code, _, err = cli("train", *TINY, override)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (override, err)
+    assert runs_in_store(runs_dir) == []
