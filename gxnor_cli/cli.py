@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .report import epoch_line
 
 def config_help() -> str:
     """Every group option and key, generated from the config schema (gxnor_cli/config.py)."""
@@ -91,7 +92,7 @@ class EpochProgress:
     def update(self, m: dict) -> None:
         self.epoch_start = time.perf_counter()
         if self.bar is None:
-            print(_epoch_line(m, self.total), file=sys.stderr, flush=True)
+            print(epoch_line(m, self.total), file=sys.stderr, flush=True)
         else:
             self.bar.update(self.run_task, completed=m["epoch"],
                             status=f"loss {m['train_loss']:.4f}  val {m['val_acc']:.4f}")
@@ -99,14 +100,6 @@ class EpochProgress:
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def _epoch_line(m: dict, total: int) -> str:
-    parts = [f"epoch {m['epoch']}/{total}", f"loss {m['train_loss']:.4f}", f"train {m['train_acc']:.4f}",
-             f"val {m['val_acc']:.4f}", f"lr {m['lr']:.3g}", f"{m['epoch_time_s']:.1f}s"]
-    if "resting_prob" in m:
-        parts.append(f"resting {m['resting_prob']:.3f}")
-    return "  ".join(parts)
 
 
 @app.command(epilog=config_help())
@@ -136,6 +129,8 @@ def train(
                            tags={"gxnor.command": "train"}, on_batch=progress.batch)
     finally:
         progress.stop()
+    if result.get("rank", 0) != 0:  # torchrun: rank 0 reports
+        return
     if json_out:
         print(json.dumps(result, indent=1))
         return
@@ -303,7 +298,8 @@ def sweep(
     overrides: Optional[List[str]] = typer.Argument(None, help="Overrides; sweep ones take a,b,c / range() / choice()."),
     grid: Optional[str] = typer.Option(None, "--grid", help="A named grid from conf/sweep/NAME.yaml."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials in parallel (each gets cores/jobs threads)."),
-    launcher: str = typer.Option("local", "--launcher", help="How trials run: local (this machine)."),
+    launcher: str = typer.Option("local", "--launcher", help="How trials run: local | submitit_local | slurm | "
+                                 "ray; settings as launcher.key=value (conf/launcher/NAME.yaml)."),
     config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Use your own conf/ instead of gxnor's."),
 ):
     """Train every point of a grid as nested MLflow runs; re-running resumes.
@@ -318,18 +314,21 @@ def sweep(
     """
     from .config import default_config_dir
     from .grid import load_grid, merge_overrides
-    from .launch import make_launcher
+    from .launchers import make_launcher
     from .report import results_rows, table
     from .sweep import execute
 
     overrides = list(overrides or [])
+    settings = [o for o in overrides if o.startswith("launcher.")]  # how trials run: not part of the sweep
+    overrides = [o for o in overrides if not o.startswith("launcher.")]
+    runner = make_launcher(launcher, jobs, settings, config_dir)
     if grid:
         overrides = merge_overrides(load_grid(grid, (config_dir or default_config_dir()).resolve()), overrides)
     if not overrides:
         fail("nothing to sweep: give overrides such as quant.window=0.3,0.5 or --grid NAME")
     show, stop = _sweep_progress()
     try:
-        points, parent_id, status = execute(overrides, make_launcher(launcher, jobs), config_dir, show)
+        points, parent_id, status = execute(overrides, runner, config_dir, show)
     finally:
         stop()
     columns, rows = results_rows(points, short=True)
@@ -431,7 +430,7 @@ def main_options(version: bool = typer.Option(False, "--version", help="Print th
 
 def main() -> None:
     """Console-script entry: maps errors to exit codes and one-line messages."""
-    from .errors import UserError
+    from .errors import RunFailed, UserError
     from .interrupt import exit_code, install_interrupt_handler
 
     install_interrupt_handler()
@@ -444,6 +443,9 @@ def main() -> None:
     except UserError as error:
         print(f"gxnor: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except RunFailed as error:
+        print(f"gxnor: error: {error}", file=sys.stderr)
+        sys.exit(1)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except (KeyboardInterrupt, typer.Abort):

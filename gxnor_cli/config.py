@@ -168,6 +168,7 @@ class TrainerConfig:
     batch_size: int = key(64, "samples per step (a last batch of one sample is merged into the one before)")
     seed: int = key(0, "seed of initial states, shuffles, splits and DST draws")
     device: str = key("auto", "auto | cpu | cuda | cuda:N")
+    devices: int = key(1, "data-parallel processes (CUDA: one GPU each); the global batch stays batch_size")
     val_fraction: float = key(0.1, "share of the training set held out to select the checkpoint")
     loss: str = key("squared_hinge", "loss: " + " | ".join(LOSSES))
     threads: Optional[int] = key(None, "torch CPU threads (null: torch's default)")
@@ -183,6 +184,7 @@ class TrainerConfig:
         _require(0 < self.val_fraction < 1, f"trainer.val_fraction must be in (0, 1); got {self.val_fraction}")
         _require(self.loss in LOSSES, f"trainer.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         _require(self.threads is None or self.threads >= 1, f"trainer.threads must be >= 1; got {self.threads}")
+        _require(self.devices >= 1, f"trainer.devices must be >= 1; got {self.devices}")
 
 
 @dataclass

@@ -349,15 +349,15 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
 
 
 def batches(split: Split, batch_size: int, max_value: float, generator: Optional[torch.Generator] = None,
-            augment_images: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            augment_images: bool = False, min_last: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Float batches in [-1, 1]; shuffled when ``generator`` is given (training).
 
-    In training a last batch of a single sample (BatchNorm cannot normalise one sample) is
-    merged into the batch before it, which then has batch_size + 1 samples."""
+    In training a last batch smaller than ``min_last`` (BatchNorm cannot normalise a single
+    sample; data parallel, each rank needs two) is merged into the batch before it."""
     n = len(split)
     order = torch.randperm(n, generator=generator).to(split.labels.device) if generator is not None else None
     starts = list(range(0, n, batch_size))
-    if order is not None and len(starts) > 1 and n - starts[-1] == 1:
+    if order is not None and len(starts) > 1 and n - starts[-1] < min_last:
         starts.pop()
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else n

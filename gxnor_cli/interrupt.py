@@ -20,11 +20,15 @@ _STOP = threading.Event()
 _received: list[int] = []
 
 
-def install_interrupt_handler(quiet: bool = False) -> None:
-    """Handle SIGINT and SIGTERM as above (``quiet``: no message, for sweep workers)."""
+def install_interrupt_handler(quiet: bool = False, escalate: bool = True) -> None:
+    """Handle SIGINT and SIGTERM as above.  Sweep workers take ``quiet`` (no message) and
+    not ``escalate``: however many signals reach them they stop at the next batch, and it is
+    their sweep that kills them when it wants them gone at once."""
     def handler(signum, frame):
         if _STOP.is_set():
-            raise KeyboardInterrupt
+            if escalate:
+                raise KeyboardInterrupt
+            return
         _received.append(signum)
         _STOP.set()
         if not quiet:
@@ -34,6 +38,13 @@ def install_interrupt_handler(quiet: bool = False) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+def record(signum: int) -> None:
+    """Note a stop signal that another handler caught (torch's elastic launcher catches its own)."""
+    if not _received:
+        _received.append(int(signum))
+    _STOP.set()
 
 
 def stop_requested() -> bool:

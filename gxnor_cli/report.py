@@ -26,6 +26,15 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence], console:
     (console or Console()).print(out)
 
 
+def epoch_line(m: dict, total: int) -> str:
+    """One plain line for an epoch's metrics (logs, sweeps, data-parallel rank 0)."""
+    parts = [f"epoch {m['epoch']}/{total}", f"loss {m['train_loss']:.4f}", f"train {m['train_acc']:.4f}",
+             f"val {m['val_acc']:.4f}", f"lr {m['lr']:.3g}", f"{m['epoch_time_s']:.1f}s"]
+    if "resting_prob" in m:
+        parts.append(f"resting {m['resting_prob']:.3f}")
+    return "  ".join(parts)
+
+
 def fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"

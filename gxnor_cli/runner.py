@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import checkpoint, tracking
+from . import checkpoint, distributed, tracking
 from .checkpoint import CheckpointError
 from .config import SELECTABLE, Config, ConfigError, flatten, from_dict
 from .data import Dataset, load_data
@@ -81,19 +81,48 @@ def dataset_digest(data: Dataset) -> str:
     return h.hexdigest()[:12]
 
 
+def open_run(cfg: Config, store: Store, data: Dataset, overrides: list[str], payload: Optional[dict] = None,
+             run_id: Optional[str] = None, parent_id: Optional[str] = None,
+             tags: Optional[dict] = None) -> "tracking.Run":
+    """The MLflow run to train into: ``run_id`` (opened by the process that launched the
+    ranks), the resumed run of ``payload``, or a new one with the config as params."""
+    tracking.check(store)
+    tracking.reap_stale(store, cfg.tracking.experiment)
+    if run_id or payload is not None:
+        return tracking.Run(store, cfg.tracking.experiment, run_id=run_id or payload["run_id"])
+    all_tags = {"gxnor.overrides": " ".join(overrides), **(tags or {})}
+    run = tracking.Run(store, cfg.tracking.experiment, run_name=cfg.tracking.run_name, tags=all_tags,
+                       parent_id=parent_id)
+    run.log_params(flatten(cfg))
+    run.log_input(cfg.data.name, dataset_digest(data), cfg.data.root or cfg.data.name, "training")
+    return run
+
+
 def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Optional[Callable[[dict], None]] = None,
               on_start: Optional[Callable[[str, Config], None]] = None, parent_id: Optional[str] = None,
-              tags: Optional[dict] = None, on_batch: Optional[Callable[[int, int], None]] = None) -> dict:
-    """Train one run (new or resumed) and return its final metrics with ``run_id``."""
+              tags: Optional[dict] = None, on_batch: Optional[Callable[[int, int], None]] = None,
+              run_id: Optional[str] = None) -> dict:
+    """Train one run (new or resumed) and return its final metrics with ``run_id``.
+
+    With ``trainer.devices`` > 1 in a plain process, this starts the ranks (gxnor_cli.distributed)
+    and waits for them; in a rank, it trains its share and rank 0 logs (``run_id``: the run
+    the launching process opened)."""
     overrides = list(overrides or [])
+    group = distributed.current(cfg.trainer.device)
     payload, store = None, Store.of_config(cfg)
     if cfg.trainer.resume:
         cfg, payload, store = load_resume(cfg, overrides)
-    device = resolve_device(cfg.trainer.device)
+    distributed.check_world(cfg, payload, group)
+    if group is None and cfg.trainer.devices > 1:
+        data, _ = prepare(cfg)  # files and architecture checked before any rank starts
+        return distributed.launch(cfg, overrides, lambda: open_run(cfg, store, data, overrides, payload,
+                                                                   parent_id=parent_id, tags=tags))
+        # (the ranks print a line per epoch; the result comes back from rank 0)
+    device = group.device if group is not None else resolve_device(cfg.trainer.device)
     data, model = prepare(cfg)
 
     def make_trainer(run_id: str) -> Trainer:
-        trainer = Trainer(cfg, model, data, device, store.checkpoint_dir(run_id))
+        trainer = Trainer(cfg, model, data, device, store.checkpoint_dir(run_id), group)
         trainer.meta.update(run_id=run_id, tracking_uri=store.uri, out_dir=str(store.out_dir))
         return trainer
 
@@ -106,39 +135,41 @@ def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Opti
             raise CheckpointError(f"{cfg.trainer.resume}: cannot restore the training state: "
                                   f"{str(err).strip().splitlines()[0] if str(err).strip() else err!r}") from None
 
-    tracking.check(store)
-    tracking.reap_stale(store, cfg.tracking.experiment)
-    if payload is not None:
-        run = tracking.Run(store, cfg.tracking.experiment, run_id=payload["run_id"])
+    if group is None or group.main:
+        run = open_run(cfg, store, data, overrides, payload, run_id, parent_id, tags)
     else:
-        all_tags = {"gxnor.overrides": " ".join(overrides), **(tags or {})}
-        run = tracking.Run(store, cfg.tracking.experiment, run_name=cfg.tracking.run_name, tags=all_tags,
-                           parent_id=parent_id)
-        run.log_params(flatten(cfg))
-        run.log_input(cfg.data.name, dataset_digest(data), cfg.data.root or cfg.data.name, "training")
+        run = tracking.NoRun()
+    if group is not None:
+        run.run_id = group.broadcast(run.run_id)
+    if trainer is None:
         trainer = make_trainer(run.run_id)
-    if on_start is not None:
+    if on_start is not None and trainer.main:
         on_start(run.run_id, cfg)
 
     def epoch_done(metrics: dict) -> None:
         run.log_metrics(metrics, step=metrics["epoch"])
-        if on_epoch is not None:
+        if on_epoch is not None and trainer.main:
             on_epoch(metrics)
 
+    stop_heartbeat = run.start_heartbeat()
     try:
-        result = trainer.fit(epoch_done, on_batch)
+        result = trainer.fit(epoch_done, on_batch if trainer.main else None)
         run.log_metrics(result, step=cfg.trainer.epochs)
-        log_artifacts(run, trainer)
+        if trainer.main:
+            log_artifacts(run, trainer)
     except KeyboardInterrupt:
+        stop_heartbeat()
         run.end("KILLED")
         raise
     except BaseException as err:
+        stop_heartbeat()
         run.set_tags({"gxnor.error": f"{type(err).__name__}: {err}"[:5000]})
         run.end("FAILED")
         raise
+    stop_heartbeat()
     run.end("FINISHED")
     return {"run_id": run.run_id, "tracking_uri": store.uri, "checkpoint": str(trainer.run_dir / "best.pt"),
-            "device": str(device), **result}
+            "device": str(device), "devices": cfg.trainer.devices, "rank": group.rank if group else 0, **result}
 
 
 def log_artifacts(run: "tracking.Run", trainer: Trainer) -> None:

@@ -1,12 +1,13 @@
 """A sweep's bookkeeping: one parent MLflow run, a child run per grid point.
 
     expand the grid (gxnor_cli.grid) -> check every point can run -> find or open the
-    parent -> a launcher (gxnor_cli.launch) runs the remaining points -> results on the
+    parent -> a launcher (gxnor_cli.launchers) runs the remaining points -> results on the
     parent (gxnor_cli.report: CSV and plots)
 
 Running the same sweep again finds its parent by the sweep's identity and skips the points
 already FINISHED; a point whose child run was interrupted (KILLED, or RUNNING by a process
-that died) continues from that run's last.pt into the same child run.  The launcher is how
+that died) continues from that run's last.pt into the same child run; a point whose trial
+still runs (an earlier submission, e.g. on a cluster) is waited for, not trained twice.  The launcher is how
 trials run, not what they compute: it is no part of the sweep's identity.
 """
 
@@ -24,8 +25,9 @@ from .report import plot_heatmap, plot_tradeoff, write_csv
 from .store import Store
 
 
-def check_runnable(points: list[Point]) -> None:
-    """Everything a trial needs that can be checked up front: data files, architecture, device."""
+def check_runnable(points: list[Point], check_device: bool = True) -> None:
+    """Everything a trial needs that can be checked up front: data files, architecture, and the
+    device where trials run here (on a cluster each trial checks it where it runs)."""
     from .data import load_data
     from .models import model_from_config
     from .train import resolve_device
@@ -33,7 +35,8 @@ def check_runnable(points: list[Point]) -> None:
     seen = {}
     for p in points:
         c = p.cfg
-        resolve_device(c.trainer.device)
+        if check_device:
+            resolve_device(c.trainer.device)
         key = (c.data.name, c.data.root)
         if key not in seen:
             seen[key] = load_data(c.data, c.trainer.val_fraction)
@@ -64,9 +67,38 @@ def find_parent(store: Store, experiment: str, sid: str, points: list[Point], ov
             continue
         if child["status"] == "FINISHED":
             p.status, p.run_id, p.metrics, p.resume = "SKIPPED", child["run_id"], child["metrics"], None
-        elif child["status"] in ("KILLED", "RUNNING") and (store.checkpoint_dir(child["run_id"]) / "last.pt").is_file():
+        elif child["status"] == "RUNNING":  # live (stale ones were reaped): a trial of an earlier submission
+            p.status, p.run_id = "RUNNING", child["run_id"]
+            p.progress = f"elsewhere: pid {child['tags'].get('gxnor.pid')} on {child['tags'].get('gxnor.host')}"
+        elif child["status"] == "KILLED" and (store.checkpoint_dir(child["run_id"]) / "last.pt").is_file():
             p.resume = child["run_id"]
     return parent
+
+
+def await_elsewhere(store: Store, experiment: str, points: list[Point], update, poll_s: float = 2.0) -> None:
+    """Wait for the trials an earlier submission still runs (a rerun after the submitting
+    process died), rather than train them twice; then treat each by how it ended."""
+    import time
+
+    from .interrupt import check_stop
+
+    waiting = [p for p in points if p.status == "RUNNING"]
+    while waiting:
+        check_stop()
+        time.sleep(poll_s)
+        tracking.reap_stale(store, experiment)
+        for p in list(waiting):
+            run = tracking.run_status(store, p.run_id)
+            if run["status"] == "RUNNING":
+                continue
+            waiting.remove(p)
+            p.progress = ""
+            if run["status"] == "FINISHED":
+                p.status, p.metrics = "SKIPPED", run["metrics"]
+            else:  # KILLED (continue from its last.pt when there is one) or FAILED (train anew)
+                last = (store.checkpoint_dir(p.run_id) / "last.pt").is_file()
+                p.status, p.resume = "PENDING", p.run_id if run["status"] == "KILLED" and last else None
+        update(points)
 
 
 def execute(overrides: list[str], launcher, config_dir: Optional[Path] = None,
@@ -83,7 +115,7 @@ def execute(overrides: list[str], launcher, config_dir: Optional[Path] = None,
             raise ConfigError("trainer.out_dir and tracking.* must be the same for every point of a sweep")
         if p.cfg.trainer.resume:
             raise ConfigError("trainer.resume cannot be used in a sweep; re-run the sweep to resume it")
-    check_runnable(points)
+    check_runnable(points, check_device=launcher.checks_device)
     store, experiment = Store.of_config(first), first.tracking.experiment
     tracking.check(store)
     tracking.reap_stale(store, experiment)
@@ -91,14 +123,27 @@ def execute(overrides: list[str], launcher, config_dir: Optional[Path] = None,
     parent = find_parent(store, experiment, sid, points, overrides)
     update = on_update or (lambda _: None)
     update(points)  # show skipped points and the grid before anything runs
+    try:
+        await_elsewhere(store, experiment, points, update)
+    except KeyboardInterrupt:
+        parent.end("KILLED")
+        raise
 
-    def mark(run_id: str, status: str, message: str) -> None:
+    def lost(point: Point, status: str, message: str) -> None:
+        """End the run of a trial whose process died before it could."""
+        # its newest child (MLflow lists the newest first), RUNNING or already reaped as KILLED
+        run_id = point.run_id or next((c["run_id"] for c in tracking.child_runs(store, parent.run_id, experiment)
+                                       if c["tags"].get("gxnor.point") == point.key
+                                       and c["status"] in ("RUNNING", "KILLED")), None)
+        if run_id is None:
+            return
+        point.run_id = run_id
         run = tracking.Run(store, experiment, run_id=run_id, keep_status=True)
         run.set_tags({"gxnor.error": message})
         run.end(status)
 
     try:
-        launcher.run(points, parent.run_id, update, mark)
+        launcher.run(points, parent.run_id, update, lost)
     except KeyboardInterrupt:
         parent.end("KILLED")
         raise

@@ -13,8 +13,10 @@ Faults:
 - A run whose logging fails mid-way (a tracking server that went away) keeps training:
   what could not be logged is buffered, one line says so, and it is sent once the store
   answers again (at the next epoch, or at the end).
-- A RUNNING run whose process died (same host, pid gone) is *stale*: :func:`reap_stale`
-  marks it KILLED when gxnor next looks at that experiment.
+- A training process beats a heartbeat (the ``gxnor.heartbeat`` tag, every HEARTBEAT_S).
+  A RUNNING run whose process died is *stale*: on the same host its pid is gone, on any
+  host its heartbeat is older than STALE_S.  :func:`reap_stale` marks stale runs KILLED
+  when gxnor next looks at that experiment.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ STATUSES = ("FINISHED", "FAILED", "KILLED")
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI: a training experiment
+HEARTBEAT_S = 30.0
+STALE_S = 300.0
 _checked: set[str] = set()
 
 
@@ -151,6 +155,32 @@ class Run:
         run = self.client.create_run(experiment_id(store, experiment), run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
 
+    def start_heartbeat(self, every: float = HEARTBEAT_S) -> Callable[[], None]:
+        """Tag the run with the time every ``every`` seconds (its own client, in a daemon
+        thread; a store that is away is skipped); returns the function that stops it."""
+        import threading
+
+        stop = threading.Event()
+        client = _client(self.store)
+
+        def beat() -> None:
+            while True:
+                try:
+                    client.set_tag(self.run_id, "gxnor.heartbeat", str(int(time.time())))
+                except Exception:  # the store is away: the next beat tries again
+                    pass
+                if stop.wait(every):
+                    return
+
+        thread = threading.Thread(target=beat, daemon=True, name="gxnor-heartbeat")
+        thread.start()
+
+        def halt() -> None:
+            stop.set()
+            thread.join(timeout=5)
+
+        return halt
+
     def _call(self, action: Callable[[], None]) -> None:
         """Do ``action`` after whatever is still pending; on failure keep it for later."""
         self.pending.append(action)
@@ -219,6 +249,37 @@ class Run:
         return True
 
 
+    def end_if_running(self, status: str, message: str) -> None:
+        """End the run as ``status`` unless something already ended it (the launcher's last word)."""
+        try:
+            if self.client.get_run(self.run_id).info.status != "RUNNING":
+                return
+        except Exception:
+            pass
+        self.set_tags({"gxnor.error": message})
+        self.end(status)
+
+
+class NoRun:
+    """What ranks other than 0 log to: nothing (rank 0 logs the run)."""
+
+    pending: list = []
+
+    def __init__(self, run_id: Optional[str] = None):
+        self.run_id = run_id
+
+    def start_heartbeat(self, every: float = HEARTBEAT_S) -> Callable[[], None]:
+        return lambda: None
+
+    def log_metrics(self, *args, **kwargs) -> None:
+        pass
+
+    log_artifact = log_text = set_tags = log_metrics
+
+    def end(self, status: str = "FINISHED") -> bool:
+        return True
+
+
 def _record(r) -> dict:
     return {"run_id": r.info.run_id, "status": r.info.status, "params": dict(r.data.params),
             "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
@@ -283,20 +344,34 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def stale_reason(tags: dict[str, str], now: Optional[float] = None) -> Optional[str]:
+    """Why a RUNNING run with these tags has no live process behind it, or None if it may have."""
+    host, now = socket.gethostname(), now or time.time()
+    pid = int(tags.get("gxnor.pid", "0") or 0)
+    if tags.get("gxnor.host") == host and pid and pid != os.getpid() and not _alive(pid):
+        return f"process {pid} on {host} ended without closing the run"
+    beat = float(tags.get("gxnor.heartbeat", "0") or 0)
+    if beat and now - beat > STALE_S:
+        return f"no heartbeat from {tags.get('gxnor.host', '?')} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(beat))}"
+    return None
+
+
 def reap_stale(store: Store, experiment: str) -> list[str]:
-    """Mark KILLED every RUNNING run of ``experiment`` whose training process (on this host) is gone."""
-    host, mine = socket.gethostname(), os.getpid()
+    """Mark KILLED every RUNNING run of ``experiment`` whose training process is gone."""
     reaped = []
     client = _client(store)
     for run in _search(store, "attributes.status = 'RUNNING'", experiment):
-        tags = run["tags"]
-        pid = int(tags.get("gxnor.pid", "0") or 0)
-        if tags.get("gxnor.host") != host or not pid or pid == mine or _alive(pid):
+        reason = stale_reason(run["tags"])
+        if reason is None:
             continue
-        client.set_tag(run["run_id"], "gxnor.error", f"process {pid} on {host} ended without closing the run")
+        client.set_tag(run["run_id"], "gxnor.error", reason)
         client.set_terminated(run["run_id"], status="KILLED")
         reaped.append(run["run_id"])
     return reaped
+
+
+def run_status(store: Store, run_id: str) -> dict:
+    return _record(_client(store).get_run(run_id))
 
 
 #: Of MLflow's server output, only what looks like a problem reaches the user; its access

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,10 @@ from .data import Dataset, batches
 from .discrete import DST, discrete_layers
 from .errors import UserError
 from .evaluate import evaluate
-from .interrupt import check_stop
+from .interrupt import check_stop, stop_requested
+
+if TYPE_CHECKING:
+    from .distributed import Group
 
 EpochCallback = Callable[[dict], None]
 BatchCallback = Callable[[int, int], None]
@@ -123,15 +126,18 @@ class Adam:
 class Trainer:
     """Model, data and optimizers of one run; ``fit`` trains, ``state``/``restore`` checkpoint."""
 
-    def __init__(self, cfg: Config, model: nn.Module, data: Dataset, device: torch.device, run_dir: Path):
+    def __init__(self, cfg: Config, model: nn.Module, data: Dataset, device: torch.device, run_dir: Path,
+                 group: Optional["Group"] = None):
         self.cfg, self.data, self.device, self.run_dir = cfg, data, device, Path(run_dir)
+        self.group = group  # data parallel: this rank's group (gxnor_cli.distributed), else None
+        self.main = group is None or group.main  # the one process that writes checkpoints
         self.model = model.to(device)
         self.train_split, self.val_split, self.test_split = (data.train.to(device), data.val.to(device),
                                                              data.test.to(device))
         self.dst = None
         if discrete_layers(model):
             self.dst = DST(model, rule=cfg.dst.rule, lr=cfg.optim.lr, m=cfg.dst.m, seed=cfg.trainer.seed,
-                           **rule_settings(cfg.dst))
+                           reduce=group, **rule_settings(cfg.dst))
         # discrete layers have no parameters: what is left is BatchNorm and any float weights
         norm_params, float_params = [], []
         for name, param in model.named_parameters():
@@ -158,26 +164,42 @@ class Trainer:
         return lr
 
     def train_epoch(self, epoch: int, on_batch: Optional[BatchCallback] = None) -> dict:
-        cfg = self.cfg
+        """One pass over the training split.  Data parallel: every rank draws the same global
+        batches and trains on its share, its loss weighted by share / batch so that the
+        gradients summed over the ranks are the global batch's."""
+        cfg, group = self.cfg, self.group
         self.model.train()
         shuffle = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + epoch)
         seen = 0
         loss_sum = torch.zeros((), device=self.device)
         correct_sum = torch.zeros((), dtype=torch.long, device=self.device)
+        float_params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for x, y in batches(self.train_split, cfg.trainer.batch_size, self.data.max_value, shuffle,
-                            augment_images=cfg.data.augment):
+                            augment_images=cfg.data.augment, min_last=2 * (group.world if group else 1)):
+            batch = len(y)
+            if group is not None:
+                share = group.share(batch)
+                x, y = x[share], y[share]
             self.optimizer.zero_grad()
             scores = self.model(x)
             loss = self.loss(scores, y)
-            loss.backward()  # discrete layers apply their DST step in here
+            # discrete layers apply their DST step in here
+            (loss if group is None else loss * (len(y) / batch)).backward()
+            if group is not None:
+                group.sum_grads(float_params)
             self.optimizer.step()
-            check_stop()
+            if group is None:
+                check_stop()
+            elif group.any(stop_requested()):  # every rank stops at the same batch
+                raise KeyboardInterrupt
             loss_sum += loss.detach() * len(y)
             correct_sum += (scores.detach().argmax(1) == y).sum()
-            seen += len(y)
+            seen += batch
             if on_batch is not None:
                 on_batch(seen, len(self.train_split))
         total_loss, correct = loss_sum.item(), correct_sum.item()
+        if group is not None:
+            total_loss, correct = group.sums(total_loss, correct)
         if not math.isfinite(total_loss):
             raise RuntimeError(f"training diverged at epoch {epoch}: loss is {total_loss}")
         return {"train_loss": total_loss / seen, "train_acc": correct / seen}
@@ -192,6 +214,9 @@ class Trainer:
             elapsed = time.perf_counter() - start
             metrics["epoch_time_s"] = elapsed
             metrics["samples_per_s"] = len(self.train_split) / elapsed
+            if self.group is not None:
+                self.group.average_norm_statistics(self.model)
+                self.group.check_states(self.model, epoch + 1)
             if self.dst is not None:
                 rates = self.dst.transition_rates()
                 for name, rate in rates.items():
@@ -206,8 +231,10 @@ class Trainer:
             if metrics["val_acc"] > self.best_val:
                 self.best_val = metrics["val_acc"]
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                checkpoint.save(self.run_dir / "best.pt", self.model_payload(self.best_state))
-            checkpoint.save(self.run_dir / "last.pt", self.state())
+                if self.main:
+                    checkpoint.save(self.run_dir / "best.pt", self.model_payload(self.best_state))
+            if self.main:
+                checkpoint.save(self.run_dir / "last.pt", self.state())
             if on_epoch is not None:
                 on_epoch(metrics)
         return self.finish()

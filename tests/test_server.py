@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,11 +32,12 @@ class Server:
     def __init__(self, root: Path, port: int):
         self.root, self.port, self.proc = root, port, None
         self.uri = f"http://127.0.0.1:{port}"
+        self.backend = f"sqlite:///{root / 'server.db'}"
 
     def start(self) -> "Server":
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend,
              "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port",
              str(self.port), "--workers", "1"],
             cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
@@ -118,3 +120,58 @@ def test_a_server_that_dies_mid_run_costs_no_training_and_nothing_logged(server,
     client = MlflowClient(server.uri)
     assert client.get_run(run_id).info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == list(range(1, 61))
+
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None) if Path("/usr/lib/postgresql").is_dir() \
+    else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(PG_BIN is None, reason="needs Debian's postgresql")
+def test_a_postgresql_backed_server_receives_runs_and_serves_checkpoints(tmp_path):
+    """Many hosts share one store: PostgreSQL behind `mlflow server`, started and stopped here."""
+    pytest.importorskip("psycopg2", reason="needs psycopg2-binary")
+    import pwd
+
+    from mlflow.tracking import MlflowClient
+
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="gxnor-pg-"))  # not under pytest's 0700 tree: postgres must reach it
+    data, sockets = home / "data", home / "sockets"
+    sockets.mkdir()
+    owner = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    as_owner = ["runuser", "-u", owner, "--"] if os.geteuid() == 0 else []  # initdb refuses root
+    if os.geteuid() == 0:
+        shutil.chown(home, owner)
+        shutil.chown(sockets, owner)
+    port = free_port()
+    subprocess.run([*as_owner, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "gxnor"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_owner, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(home / "pg.log"), "-o",
+                    f"-p {port} -k {sockets} -h 127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "gxnor", "mlflow"],
+                       check=True, capture_output=True)
+        root = tmp_path / "server"
+        root.mkdir()
+        srv = Server(root, free_port())
+        srv.backend = f"postgresql+psycopg2://gxnor@127.0.0.1:{port}/mlflow"
+        srv.start()
+        try:
+            node = tmp_path / "node"
+            node.mkdir()
+            done = gxnor(node, "train", *TINY, f"tracking.uri={srv.uri}", "--json")
+            assert done.returncode == 0, done.stderr
+            run_id = json.loads(done.stdout)["run_id"]
+            assert MlflowClient(srv.uri).get_run(run_id).info.status == "FINISHED"
+            elsewhere = tmp_path / "elsewhere"
+            elsewhere.mkdir()
+            done = gxnor(elsewhere, "eval", run_id, "--tracking-uri", srv.uri, "--json")
+            assert done.returncode == 0, done.stderr
+        finally:
+            srv.stop()
+    finally:
+        subprocess.run([*as_owner, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)

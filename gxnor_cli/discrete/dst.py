@@ -78,6 +78,7 @@ class StepRule:
 
     name = ""
     default_lr = 0.01
+    whole_gradient = False  # begin() reads statistics of the whole step's gradient (data parallel: gathered)
 
     @dataclass
     class Settings:
@@ -200,6 +201,7 @@ class RMSRule(StepRule):
 
     name = "rms"
     eps = 1e-12
+    whole_gradient = True  # the per-tensor RMS of the global gradient, the same on every rank
 
     @dataclass
     class Settings:
@@ -334,10 +336,16 @@ class DST:
 
     ``lr`` may be changed between steps (schedules).  Draws come from a generator seeded
     with ``seed`` on the layers' device, so runs are reproducible on CPU and CUDA.
+
+    Data parallel (``reduce``: an object with ``sum_(tensor)`` and ``gather_rows(tensor)``
+    over the ranks): each gradient block is summed over the ranks before the step rule sees
+    it, and rules that need whole-step statistics get the global batch's inputs and output
+    gradients.  With the same ``seed`` every rank then draws the same transitions, so the
+    states stay identical without ever being sent.
     """
 
     def __init__(self, model: nn.Module, rule: str = "adam", lr: float = 0.01, m: float = 3.0,
-                 seed: int = 0, **settings):
+                 seed: int = 0, reduce: Optional[Any] = None, **settings):
         if m <= 0:
             raise ValueError(f"nonlinear factor m must be > 0, got {m}")
         self.layers = discrete_layers(model)
@@ -349,6 +357,7 @@ class DST:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.rule = make_rule(rule, lr, **settings)
+        self.reduce = reduce
         self.rule.generator = self.generator
         self._changed = {name: torch.zeros((), dtype=torch.long, device=device) for name, _ in self.layers}
         self._updates = {name: 0 for name, _ in self.layers}
@@ -366,11 +375,15 @@ class DST:
     # -- the sink protocol (called by the layers during backward) ---------------
     def begin(self, layer: DiscreteLayer, x: torch.Tensor, grad_out: torch.Tensor) -> None:
         name = self.names[id(layer)]
+        if self.reduce is not None and self.rule.whole_gradient:  # the statistics of the global batch
+            x, grad_out = self.reduce.gather_rows(x), self.reduce.gather_rows(grad_out)
         self.rule.begin(name, layer, x, grad_out)
         self._updates[name] += layer.num_weights
 
     def __call__(self, layer: DiscreteLayer, rows: slice, grad: torch.Tensor) -> None:
         name = self.names[id(layer)]
+        if self.reduce is not None:  # data parallel: the global batch's gradient block, on every rank
+            grad = self.reduce.sum_(grad)
         dw = self.rule.propose(name, layer, rows, grad)
         block = layer.state[rows]
         new = transition(block, dw, layer.space, self.m, self.generator)

@@ -1,0 +1,112 @@
+"""Sweeps through submitit's local executor and a local Ray cluster, for real: the SLURM and
+Ray code paths on one machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import TINY, runs_in_store
+from test_faults import SLOW, gxnor, store_copy, wait_for
+
+LAUNCHERS = [pytest.param("submitit_local", marks=pytest.mark.skipif(
+                 __import__("importlib").util.find_spec("submitit") is None, reason="needs gxnor[slurm]")),
+             pytest.param("ray", marks=pytest.mark.skipif(
+                 __import__("importlib").util.find_spec("ray") is None, reason="needs gxnor[ray]"))]
+SETTINGS = {"submitit_local": ["launcher.poll_s=0.5"], "ray": ["launcher.local_cpus=2", "launcher.poll_s=0.5"]}
+
+
+def children(runs):
+    return [r for r in runs_in_store(runs) if "mlflow.parentRunId" in r.data.tags]
+
+
+def parents(runs):
+    return [r for r in runs_in_store(runs) if "mlflow.parentRunId" not in r.data.tags]
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_grid_runs_to_finished_children_and_a_failed_or_killed_trial_does_not_stop_it(launcher, tmp_path,
+                                                                                      mlflow_template):
+    runs = store_copy(mlflow_template, tmp_path)
+    # 1e38: a BatchNorm lr that diverges (the trial raises); 0.02: a trial we kill -9 once it runs
+    args = ["sweep", "optim.bn_lr=0.01,0.02,1e38", *SLOW, "trainer.epochs=60", "--launcher", launcher,
+            *SETTINGS[launcher]]
+    proc = gxnor(tmp_path, *args)
+    victim = wait_for(lambda: next((r for r in children(runs) if r.info.status == "RUNNING"
+                                    and r.data.params.get("optim.bn_lr") == "0.02"), None), what="a running trial")
+    os.kill(int(victim.data.tags["gxnor.pid"]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    kids = {r.data.params["optim.bn_lr"]: r for r in children(runs)}
+    assert kids["0.01"].info.status == "FINISHED"
+    assert kids["1e+38"].info.status == "FAILED" and "gxnor.error" in kids["1e+38"].data.tags
+    assert kids["0.02"].info.status == "FAILED" and "died" in kids["0.02"].data.tags["gxnor.error"]
+    (parent,) = parents(runs)
+    assert parent.info.status == "FAILED" and parent.data.metrics["finished"] == 1
+    # launcher settings are no run config: not a param, and the same sweep under another launcher
+    assert not any(k.startswith("launcher") for k in kids["0.01"].data.params)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_the_launcher_is_no_part_of_a_sweeps_identity(launcher, cli, runs_dir):
+    code, _, err = cli("sweep", "quant.window=0.3,0.6", *TINY, "--launcher", launcher, *SETTINGS[launcher])
+    assert code == 0, err
+    assert sorted(r.info.status for r in children(runs_dir)) == ["FINISHED", "FINISHED"]
+    code, _, err = cli("sweep", "quant.window=0.3,0.6", *TINY)  # local this time: nothing to do
+    assert code == 0 and err.count("SKIPPED") == 2
+    assert len(parents(runs_dir)) == 1 and len(children(runs_dir)) == 2
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("submitit") is None, reason="needs gxnor[slurm]")
+def test_a_rerun_after_the_submitting_process_died_waits_for_its_trials(tmp_path, mlflow_template):
+    runs = store_copy(mlflow_template, tmp_path)
+    args = ["sweep", "quant.window=0.3,0.6", *SLOW, "trainer.epochs=40", "--launcher", "submitit_local",
+            "launcher.poll_s=0.5"]
+    proc = gxnor(tmp_path, *args, start_new_session=True)
+    wait_for(lambda: len([r for r in children(runs) if r.info.status == "RUNNING"]) == 2, what="two trials")
+    proc.kill()  # the submitting process dies; its jobs run on (as SLURM jobs would)
+    proc.communicate()
+    done = subprocess.run([sys.executable, "-m", "gxnor_cli", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(parents(runs)) == 1
+    assert sorted(r.info.status for r in children(runs)) == ["FINISHED", "FINISHED"]  # none trained twice
+    os.killpg(proc.pid, signal.SIGKILL) if _group_alive(proc.pid) else None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("submitit") is None, reason="needs gxnor[slurm]")
+def test_the_device_is_checked_where_a_trial_runs_not_on_the_submitting_host(cli, runs_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    code, _, err = cli("sweep", "quant.window=0.3,0.6", *TINY, "trainer.device=cuda", "--launcher",
+                       "submitit_local", "launcher.poll_s=0.5")
+    assert code == 1 and "CUDA is not available" in err
+    assert {r.info.status for r in children(runs_dir)} == {"FAILED"}
+
+
+def test_unknown_launchers_settings_and_missing_extras_are_one_line(cli, runs_dir, monkeypatch):
+    code, _, err = cli("sweep", "quant.window=0.3,0.6", *TINY, "--launcher", "kubernetes")
+    assert code == 2 and "--launcher must be one of" in err
+    code, _, err = cli("sweep", "quant.window=0.3,0.6", *TINY, "--launcher", "slurm", "launcher.gpus=1")
+    assert code == 2 and "unknown setting launcher.gpus" in err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    for name in [n for n in list(sys.modules) if n.startswith("gxnor_cli.launchers.raycluster")]:
+        monkeypatch.delitem(sys.modules, name)
+    code, _, err = cli("sweep", "quant.window=0.3,0.6", *TINY, "--launcher", "ray")
+    assert code == 2 and "pip install 'gxnor[ray]'" in err
+    assert runs_in_store(runs_dir) == []
