@@ -66,12 +66,16 @@ class ModelConfig:
     arch: str = key("32C3-MP2-64C3-MP2-256FC-10", "layers in the paper's notation, e.g. 32C5-MP2-512FC-10")
     padding: int = key(1, "zero padding of every convolution (0: 'valid' convolutions)")
     init_scale: float = key(1.0, "initial weights U(-s, s) projected onto the weight space")
+    dense_init_scale: Optional[float] = key(None, "s of the dense layers (null: init_scale; the authors' "
+                                                  "CIFAR net: 1.5)")
     bn_momentum: float = key(0.1, "BatchNorm running-statistics momentum, in (0, 1]")
     bn_eps: float = key(1e-4, "BatchNorm epsilon")
 
     def __post_init__(self):
         _require(self.padding >= 0, f"model.padding must be >= 0; got {self.padding}")
         _require(self.init_scale > 0, f"model.init_scale must be > 0; got {self.init_scale}")
+        _require(self.dense_init_scale is None or self.dense_init_scale > 0,
+                 f"model.dense_init_scale must be > 0; got {self.dense_init_scale}")
         _require(0 < self.bn_momentum <= 1, f"model.bn_momentum must be in (0, 1]; got {self.bn_momentum}")
         _require(self.bn_eps > 0, f"model.bn_eps must be > 0; got {self.bn_eps}")
 

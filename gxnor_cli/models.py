@@ -117,7 +117,8 @@ def build_model(model: "ModelConfig", quant: "QuantConfig", in_shape: tuple[int,
             channels = spec.units
         else:
             n_in = features if features is not None else channels * height * width
-            weight = (DiscreteLinear(n_in, spec.units, weight_states, init_scale=model.init_scale, generator=generator)
+            scale = model.dense_init_scale if model.dense_init_scale is not None else model.init_scale
+            weight = (DiscreteLinear(n_in, spec.units, weight_states, init_scale=scale, generator=generator)
                       if weight_states else nn.Linear(n_in, spec.units, bias=False))
             norm = nn.BatchNorm1d(spec.units, eps=model.bn_eps, momentum=model.bn_momentum)
             features = spec.units

@@ -29,6 +29,8 @@ from .errors import UserError
 MAGIC = b"GXNORPK\x00"
 VERSION = 1
 HEADER = struct.Struct("<8sII")
+#: The dtypes a blob may have (numbers little-endian, floats IEEE 754).
+DTYPES = ("uint8", "int8", "int32", "float32", "float64")
 
 
 class PackedError(UserError):
@@ -90,13 +92,25 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise PackedError(f"{path} has a corrupt manifest: {err}") from None
     if manifest.get("version") != VERSION:
         raise PackedError(f"{path}: manifest version {manifest.get('version')} does not match header {VERSION}")
-    blobs = {}
-    for name, entry in manifest.get("blobs", {}).items():
-        lo, hi = start + entry["offset"], start + entry["offset"] + entry["length"]
-        if hi > len(raw):
-            raise PackedError(f"{path} is truncated: blob {name!r} ends at byte {hi} of {len(raw)}")
-        chunk = raw[lo:hi]
-        if hashlib.sha256(chunk).hexdigest() != entry["sha256"]:
-            raise PackedError(f"{path}: checksum mismatch in blob {name!r} (the file is corrupt)")
-        blobs[name] = np.frombuffer(chunk, dtype=entry["dtype"]).reshape(entry["shape"])
+    blobs, end = {}, start
+    try:
+        for name, entry in manifest.get("blobs", {}).items():
+            lo, hi = start + entry["offset"], start + entry["offset"] + entry["length"]
+            if hi > len(raw):
+                raise PackedError(f"{path} is truncated: blob {name!r} ends at byte {hi} of {len(raw)}")
+            if lo != end:
+                raise PackedError(f"{path}: blob {name!r} does not start where the one before ends (padded to 8)")
+            chunk = raw[lo:hi]
+            if hashlib.sha256(chunk).hexdigest() != entry["sha256"]:
+                raise PackedError(f"{path}: checksum mismatch in blob {name!r} (the file is corrupt)")
+            if entry["dtype"] not in DTYPES:
+                raise PackedError(f"{path}: blob {name!r} has dtype {entry['dtype']!r}; allowed: {', '.join(DTYPES)}")
+            blobs[name] = np.frombuffer(chunk, dtype=np.dtype(entry["dtype"]).newbyteorder("<")).reshape(entry["shape"])
+            end = hi + (-(hi - start) % 8)
+            if any(raw[hi:end]):
+                raise PackedError(f"{path}: non-zero padding after blob {name!r}")
+    except (KeyError, TypeError, ValueError) as err:
+        raise PackedError(f"{path} has a malformed blob table: {err!r}") from None
+    if len(raw) != end:
+        raise PackedError(f"{path} has {len(raw) - end} trailing bytes after its last blob")
     return manifest, blobs

@@ -161,3 +161,45 @@ def test_onnx_export_predicts_like_torch(cli, runs_dir, tmp_path):
     want = predict_torch(model, data.test.images, data.max_value)
     # a float graph: summation order may differ from torch's, so allow a rare flip at a threshold
     assert (scores.argmax(1) == want).mean() >= 0.99
+
+
+def _edit(manifest, blobs, change):
+    layer = manifest["layers"][0]
+    if change == "bits":
+        layer["weight"]["bits"] = 3
+    elif change == "dtype":
+        blobs["layer0.hi"] = blobs["layer0.hi"].astype(np.float32)
+    elif change == "padding":
+        layer["padding"] = 0
+    elif change == "pool":
+        layer["pool"] = 3
+    elif change == "states":
+        layer["weight"]["states"] = 5
+    elif change == "kind":
+        layer["kind"] = "attention"
+    elif change == "missing":
+        del layer["input"]
+    elif change == "flip":
+        blobs["layer0.flip"] = np.full_like(blobs["layer0.flip"], 2)
+
+
+@pytest.mark.parametrize("change, message", [
+    ("bits", "bits 3 for 3 states"), ("dtype", "is float32, expected int32"), ("padding", "does not fit"),
+    ("pool", "does not fit"), ("states", "codes do not match 5 states"), ("kind", "unknown kind 'attention'"),
+    ("missing", "missing or malformed"), ("flip", "flip must be"), ("trailing", "trailing bytes"),
+])
+def test_malformed_manifests_are_refused_in_one_line(cli, runs_dir, tmp_path, change, message):
+    result, payload = trained(cli, runs_dir)
+    path = tmp_path / "m.gxnor"
+    export_run(payload, path)
+    if change == "trailing":
+        path.write_bytes(path.read_bytes() + b"\0" * 8)
+    else:
+        manifest, blobs = packed.read(path)
+        blobs = {k: np.array(v) for k, v in blobs.items()}
+        manifest.pop("blobs")
+        _edit(manifest, blobs, change)
+        packed.write(path, manifest, blobs)
+    for args in (("eval", "--engine", "packed", str(path)), ("summary", str(path))):
+        code, _, err = cli(*args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (change, err)

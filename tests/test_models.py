@@ -49,3 +49,12 @@ def test_same_seed_same_initial_states():
     a = build_model(ModelConfig("8C3-16FC-4", padding=0), QuantConfig(3, 3), (1, 6, 6), 4, seed=1)
     b = build_model(ModelConfig("8C3-16FC-4", padding=0), QuantConfig(3, 3), (1, 6, 6), 4, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_dense_layers_take_their_own_initial_scale():
+    """U(-s, s) projected onto ternary states: a share 1 - 1/(2s) of non-zero states (s >= 0.5)."""
+    net = build_model(ModelConfig("16C3-512FC-512FC-10", padding=1, init_scale=1.0, dense_init_scale=1.5),
+                      QuantConfig(3, 3), (1, 8, 8), 10)
+    conv, dense = net[0].weight.state, torch.cat([b.weight.state.flatten() for b in net[1:]])
+    assert abs((conv != 0).float().mean().item() - 0.5) < 0.1  # 144 weights: a loose bound
+    assert abs((dense != 0).float().mean().item() - 2 / 3) < 0.01

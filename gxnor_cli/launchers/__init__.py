@@ -57,11 +57,11 @@ def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
         if on_start is not None:
             on_start(run_id)
 
-    try:
-        def epoch_done(m: dict) -> None:
-            if on_progress is not None:
-                on_progress(f"epoch {m['epoch']}/{cfg.trainer.epochs} val {m['val_acc']:.4f}")
+    def epoch_done(m: dict) -> None:
+        if on_progress is not None:
+            on_progress(f"epoch {m['epoch']}/{cfg.trainer.epochs} val {m['val_acc']:.4f}")
 
+    try:
         result = train_run(cfg, overrides, parent_id=parent_id, on_start=begin, on_epoch=epoch_done,
                            tags={"gxnor.command": "sweep", "gxnor.point": point.key})
         return {"status": "FINISHED", **result}
