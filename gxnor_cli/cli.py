@@ -284,9 +284,10 @@ def summary(
         return
     from .report import table
 
-    cols = ["layer", "kind", "states", "weights", "bits", "bytes", "macs", "gated_ops", "resting_prob", "mode"]
+    cols = ["layer", "kind", "states", "weights", "bits", "limit", "bytes", "macs", "gated_ops", "resting_prob",
+            "mode"]
     table(f"per layer (MACs and gated ops per sample, measured on {n} test samples)", cols,
-          [[r[c] for c in cols] for r in rows] + [["total", "", "", totals["weights"], "", totals["bytes"],
+          [[r[c] for c in cols] for r in rows] + [["total", "", "", totals["weights"], "", "", totals["bytes"],
                                                   totals["macs"], totals["gated_ops"], "", ""]], out)
     out.print(f"file {size:,} bytes; fp32 weights {totals['fp32_bytes']:,} bytes; "
               f"{totals['compression_vs_fp32']:.1f}x smaller; "

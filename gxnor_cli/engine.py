@@ -112,7 +112,13 @@ def validate(manifest: dict, blobs: dict[str, np.ndarray]) -> None:
             w = spec["weight"]
             wspace = space(f"{where} weight", w)
             count = int(np.prod(w["shape"]))
-            blob(f"{where} weight", w["blob"], ("uint8",), (-(-count * wspace.bits // 8),))
+            if manifest["version"] >= 2:
+                g = packed.per_word(wspace.states)
+                need(w.get("per_word") == g, where, f"per_word {w.get('per_word')!r} for {wspace.states} states "
+                                                    f"(expected {g})")
+                blob(f"{where} weight", w["blob"], ("uint64",), (-(-count // g),))
+            else:
+                blob(f"{where} weight", w["blob"], ("uint8",), (-(-count * wspace.bits // 8),))
             out_ch = w["shape"][0]
             pool = spec.get("pool", 0)
             need(isinstance(pool, int) and pool >= 0, where, f"pool {pool!r}")
@@ -173,7 +179,8 @@ class PackedModel:
         for spec in manifest["layers"]:
             w = spec["weight"]
             count = int(np.prod(w["shape"]))
-            index = packed.unpack_bits(blobs[w["blob"]], w["bits"], count)
+            index = (packed.unpack_radix(blobs[w["blob"]], w["states"], count) if manifest["version"] >= 2
+                     else packed.unpack_bits(blobs[w["blob"]], w["bits"], count))
             codes = np.asarray(w["codes"], dtype=np.int8)[index].reshape(w["shape"][0], -1)
             layer = Layer(spec, codes)
             out = spec["output"]

@@ -244,8 +244,12 @@ def evaluate_packed(model, split: str, data_root=None, batch_size: int = 256, pr
 
 
 def packed_summary(model, file_bytes: int, samples: int = 256, data_root=None) -> tuple[list[dict], dict]:
-    """Per layer: states, weights, bits, bytes at rest, MACs and gated ops per sample measured on
+    """Per layer: states, weights, bits per weight at rest and the log2(states) limit, bytes at
+    rest, MACs and gated ops per sample measured on
     ``samples`` test images; totals with the compression against fp32 weights."""
+    from . import packed
+    from .export import weight_blob_bytes
+
     images = packed_data(model.manifest, data_root).test.images[:samples].numpy()
     model.reset_events()
     model.predict(images)
@@ -255,7 +259,9 @@ def packed_summary(model, file_bytes: int, samples: int = 256, data_root=None) -
         w = layer["weight"]
         weights = math.prod(w["shape"])
         rows.append({"layer": layer["name"], "kind": layer["kind"], "states": w["states"], "weights": weights,
-                     "bits": w["bits"], "bytes": math.ceil(weights * w["bits"] / 8), "macs": events["pairs"] // n,
+                     "bits": packed.weight_bits(w["states"], model.manifest["version"]),
+                     "limit": math.log2(w["states"]), "bytes": weight_blob_bytes(w, model.manifest["version"]),
+                     "macs": events["pairs"] // n,
                      "gated_ops": events["gates_opened"] / n, "resting_prob": events["resting_prob"],
                      "mode": events["mode"]})
     total = sum(r["weights"] for r in rows)

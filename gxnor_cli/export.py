@@ -77,8 +77,9 @@ def _space_entry(space) -> dict[str, Any]:
 
 
 def export_packed(model: nn.Sequential, in_shape, num_classes: int, max_value: float, source: dict,
-                  path: Path) -> dict[str, Any]:
-    """Write ``model`` (a gxnor net in eval mode) as a packed file; returns the manifest."""
+                  path: Path, version: int = packed.VERSION) -> dict[str, Any]:
+    """Write ``model`` (a gxnor net in eval mode) as a packed file of ``version`` (2: radix-packed
+    weights; 1: bit-packed, for readers of the old format); returns the manifest."""
     if max_value != int(max_value):
         raise UserError(f"packed export needs integer raw inputs; max value is {max_value}")
     model = model.cpu().eval()
@@ -92,10 +93,12 @@ def export_packed(model: nn.Sequential, in_shape, num_classes: int, max_value: f
         name = f"layer{i}"
         space = weight.space
         index = space.to_index(weight.state).numpy()
-        blobs[f"{name}.weight"] = packed.pack_bits(index, space.bits)
+        blobs[f"{name}.weight"] = (packed.pack_radix(index, space.states) if version >= 2
+                                   else packed.pack_bits(index, space.bits))
         entry: dict[str, Any] = {
             "name": name, "kind": "conv" if isinstance(weight, DiscreteConv2d) else "dense",
-            "weight": {"blob": f"{name}.weight", "shape": list(weight.state.shape), **_space_entry(space)},
+            "weight": {"blob": f"{name}.weight", "shape": list(weight.state.shape), **_space_entry(space),
+                       **({"per_word": packed.per_word(space.states)} if version >= 2 else {})},
             "pool": block.pool.kernel_size if block.pool is not None else 0,
         }
         if isinstance(weight, DiscreteConv2d):
@@ -120,7 +123,7 @@ def export_packed(model: nn.Sequential, in_shape, num_classes: int, max_value: f
                                "window": act.window, "step": act.step}
         layers.append(entry)
         prev_act = act
-    manifest = {"format": "gxnor-packed", "version": packed.VERSION, "gxnor_version": __version__,
+    manifest = {"format": "gxnor-packed", "version": version, "gxnor_version": __version__,
                 "input": {"shape": list(in_shape), "max_value": int(max_value),
                           "encoding": "u = 2 * v - max_value (integers); x = u / max_value in [-1, 1]"},
                 "classes": num_classes, "layers": layers, "source": source}
@@ -133,7 +136,15 @@ def fp32_state_bytes(model: nn.Module) -> int:
 
 
 def packed_weight_bytes(manifest: dict) -> int:
-    return sum(math.ceil(math.prod(l["weight"]["shape"]) * l["weight"]["bits"] / 8) for l in manifest["layers"])
+    return sum(weight_blob_bytes(l["weight"], manifest["version"]) for l in manifest["layers"])
+
+
+def weight_blob_bytes(weight: dict, version: int) -> int:
+    """Bytes of a layer's weight blob: whole uint64 words (version 2) or whole bytes (version 1)."""
+    count = math.prod(weight["shape"])
+    if version >= 2:
+        return 8 * -(-count // packed.per_word(weight["states"]))
+    return math.ceil(count * weight["bits"] / 8)
 
 
 def predict_torch(model: nn.Module, images: torch.Tensor, max_value: float, batch_size: int = 500) -> np.ndarray:
@@ -154,9 +165,9 @@ def source_info(payload: dict, cfg) -> dict:
             "val_acc": payload.get("val_acc")}
 
 
-def export_run(payload: dict, out: Path) -> tuple[dict, nn.Module]:
+def export_run(payload: dict, out: Path, version: int = packed.VERSION) -> tuple[dict, nn.Module]:
     """Export a checkpoint payload to ``out``; returns (manifest, torch model)."""
     cfg, model = load_trained(payload)
     manifest = export_packed(model, payload["in_shape"], payload["num_classes"], payload["max_value"],
-                             source_info(payload, cfg), out)
+                             source_info(payload, cfg), out, version)
     return manifest, model

@@ -9,9 +9,15 @@ Layout (all integers little-endian), documented in docs/packed-format.md:
     then           the blobs, each starting at an offset that is a multiple of 8
 
 The manifest's ``blobs`` maps a name to {offset, length, dtype, shape, sha256}; offsets
-count from the start of the blob area.  Weight blobs are unsigned state indices packed
-at ``bits`` bits each, LSB first (value i occupies bits i*bits .. i*bits+bits-1 of the
-little-endian bit stream).
+count from the start of the blob area.  Weight blobs hold unsigned state indices n in
+0 .. N-1 (N states):
+
+    version 2  radix-N digits in uint64 words, G = the most with N^G <= 2^64 per word:
+               word w = sum_j n[w G + j] N^j   (1.6 bits per ternary weight, log2(3) = 1.585)
+    version 1  ``bits`` = ceil(log2 N) bits each, LSB first (value i occupies bits
+               i*bits .. i*bits+bits-1 of the little-endian bit stream)
+
+gxnor writes version 2 and reads both.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import numpy as np
 from .errors import UserError
 
 MAGIC = b"GXNORPK\x00"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 HEADER = struct.Struct("<8sII")
 #: The dtypes a blob may have (numbers little-endian, floats IEEE 754).
-DTYPES = ("uint8", "int8", "int32", "float32", "float64")
+DTYPES = ("uint8", "int8", "int32", "uint64", "float32", "float64")
 
 
 class PackedError(UserError):
@@ -50,6 +57,44 @@ def unpack_bits(data: np.ndarray, bits: int, count: int) -> np.ndarray:
     return (planes.astype(np.uint16) << np.arange(bits, dtype=np.uint16)).sum(axis=1, dtype=np.uint16)
 
 
+def per_word(states: int) -> int:
+    """G: how many radix-``states`` digits fit one uint64 word (states^G <= 2^64)."""
+    g = 1
+    while states ** (g + 1) <= 2**64:
+        g += 1
+    return g
+
+
+def pack_radix(indices: np.ndarray, states: int) -> np.ndarray:
+    """Unsigned ``indices`` (< states) -> uint64 words of ``per_word(states)`` radix digits each,
+    the first index the least significant digit; the last word is filled with zeros."""
+    g = per_word(states)
+    flat = indices.astype(np.uint64).reshape(-1)
+    digits = np.zeros(-(-flat.size // g) * g, dtype=np.uint64)
+    digits[:flat.size] = flat
+    digits = digits.reshape(-1, g)
+    words = np.zeros(digits.shape[0], dtype=np.uint64)
+    for j in reversed(range(g)):  # Horner: ((d[g-1] N + d[g-2]) N + ...) N + d[0]
+        words = words * np.uint64(states) + digits[:, j]
+    return words
+
+
+def unpack_radix(words: np.ndarray, states: int, count: int) -> np.ndarray:
+    """Inverse of pack_radix: ``count`` indices."""
+    g, base = per_word(states), np.uint64(states)
+    rest = words.astype(np.uint64).copy()
+    digits = np.empty((rest.size, g), dtype=np.uint64)
+    for j in range(g):
+        digits[:, j] = rest % base
+        rest //= base
+    return digits.reshape(-1)[:count].astype(np.uint16)
+
+
+def weight_bits(states: int, version: int = VERSION) -> float:
+    """Bits one weight of ``states`` states takes at rest in a file of ``version``."""
+    return 64 / per_word(states) if version >= 2 else float((states - 1).bit_length())
+
+
 def write(path: Path, manifest: dict[str, Any], blobs: dict[str, np.ndarray]) -> dict[str, Any]:
     """Write manifest + blobs atomically; returns the manifest as written plus its file size."""
     from .checkpoint import atomic_write
@@ -65,7 +110,7 @@ def write(path: Path, manifest: dict[str, Any], blobs: dict[str, np.ndarray]) ->
     manifest = {**manifest, "blobs": entries}
     text = json.dumps(manifest, separators=(",", ":")).encode()
     text += b"\0" * ((-(HEADER.size + len(text))) % 8)
-    body = HEADER.pack(MAGIC, VERSION, len(text)) + text + b"".join(chunks)
+    body = HEADER.pack(MAGIC, manifest["version"], len(text)) + text + b"".join(chunks)
     atomic_write(Path(path), lambda handle: handle.write(body))
     return {**manifest, "bytes": len(body)}
 
@@ -81,8 +126,9 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     magic, version, length = HEADER.unpack_from(raw)
     if magic != MAGIC:
         raise PackedError(f"{path} is not a gxnor packed model (bad magic bytes)")
-    if version != VERSION:
-        raise PackedError(f"{path} has packed format version {version}; this gxnor reads version {VERSION}")
+    if version not in READS:
+        raise PackedError(f"{path} has packed format version {version}; this gxnor reads versions "
+                          f"{', '.join(map(str, READS))}")
     start = HEADER.size + length
     if len(raw) < start:
         raise PackedError(f"{path} is truncated inside its manifest")
@@ -90,8 +136,8 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         manifest = json.loads(raw[HEADER.size:start].rstrip(b"\0"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise PackedError(f"{path} has a corrupt manifest: {err}") from None
-    if manifest.get("version") != VERSION:
-        raise PackedError(f"{path}: manifest version {manifest.get('version')} does not match header {VERSION}")
+    if manifest.get("version") != version:
+        raise PackedError(f"{path}: manifest version {manifest.get('version')} does not match header {version}")
     blobs, end = {}, start
     try:
         for name, entry in manifest.get("blobs", {}).items():

@@ -23,6 +23,19 @@ def test_bit_packing_round_trip(bits):
     assert np.array_equal(packed.unpack_bits(data, bits, 1001), values)
 
 
+@pytest.mark.parametrize("states", [2, 3, 5, 9, 17, 33, 65, 129])
+def test_radix_packing_round_trip_at_close_to_log2_states_bits(states):
+    rng = np.random.default_rng(states)
+    for count in (1, 39, 40, 41, 1000):
+        index = rng.integers(0, states, count)
+        words = packed.pack_radix(index, states)
+        assert words.dtype == np.uint64 and np.array_equal(packed.unpack_radix(words, states, count), index)
+    g = packed.per_word(states)
+    assert states**g <= 2**64 < states ** (g + 1)
+    assert np.log2(states) <= packed.weight_bits(states) < np.log2(states) * 1.13  # 1.6 bits for ternary
+    assert packed.weight_bits(3) == 1.6 and packed.weight_bits(3, version=1) == 2
+
+
 def test_popcount():
     words = np.array([0, 1, 2**63, 2**64 - 1, 0b1011], dtype=np.uint64)
     assert popcount(words).tolist() == [0, 1, 1, 64, 3]
@@ -69,11 +82,15 @@ def test_engine_predicts_exactly_like_torch(cli, runs_dir, tmp_path, quant):
     got = engine.predict(data.test.images.numpy())
     assert np.array_equal(got, want)  # every test sample, not just the accuracy
     states = payload["config"]["quant"]["weight_states"]
-    bits = Space(states).bits
+    per_word = packed.per_word(states)
     weights = sum(int(np.prod(l["weight"]["shape"])) for l in manifest["layers"])
     blob_bytes = sum(b["length"] for k, b in manifest["blobs"].items() if k.endswith(".weight"))
-    assert blob_bytes == sum(-(-int(np.prod(l["weight"]["shape"])) * bits // 8) for l in manifest["layers"])
-    assert manifest["bytes"] < weights * bits / 8 + 12_000  # packed weights plus a small manifest
+    assert blob_bytes == sum(8 * -(-int(np.prod(l["weight"]["shape"])) // per_word) for l in manifest["layers"])
+    assert blob_bytes * 8 / weights < np.log2(states) * 1.05 + 64 * len(manifest["layers"]) / weights
+    assert manifest["bytes"] < blob_bytes + 12_000  # packed weights plus a small manifest
+    # version 1 (bit-packed) files are still read, and predict the same
+    export_run(payload, tmp_path / "v1.gxnor", version=1)
+    assert np.array_equal(PackedModel.load(tmp_path / "v1.gxnor").predict(data.test.images.numpy()), want)
 
 
 def test_engine_resting_probability_matches_torch_measurement(cli, runs_dir, tmp_path):
@@ -91,7 +108,7 @@ def test_export_and_summary_commands(cli, runs_dir):
     result, _ = trained(cli, runs_dir)
     code, out, err = cli("export", result["run_id"])
     assert code == 0, err
-    assert "(2.00 bits/weight)" in out
+    assert "(1.61 bits/weight)" in out  # 4,488 ternary weights in whole 40-weight words: 1.6 bits each
     target = runs_dir / "exports" / f"{result['run_id']}.gxnor"
     assert target.is_file()
     from mlflow.tracking import MlflowClient
@@ -104,7 +121,8 @@ def test_export_and_summary_commands(cli, runs_dir):
     summary = json.loads(out)
     totals = summary["totals"]
     assert totals["compression_vs_fp32"] == pytest.approx(4 * totals["weights"] / target.stat().st_size)
-    assert totals["bytes"] == sum(-(-row["weights"] * 2 // 8) for row in summary["layers"])
+    assert totals["bytes"] == sum(8 * -(-row["weights"] // 40) for row in summary["layers"])
+    assert all(row["bits"] == 1.6 and row["limit"] == pytest.approx(1.585, abs=1e-3) for row in summary["layers"])
     assert totals["samples"] == 20
     code, out, err = cli("summary", result["run_id"], "--samples", "10")  # from the run, as a table
     assert code == 0, err
