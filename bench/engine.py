@@ -39,7 +39,7 @@ def main() -> None:
     from gxnor_cli.config import load_config
     from gxnor_cli.engine import PackedModel
     from gxnor_cli.evaluate import packed_data
-    from gxnor_cli.export import export_run, predict_torch
+    from gxnor_cli.export import export_run, packed_weight_bytes, predict_torch
     from gxnor_cli.runner import prepare
     from gxnor_cli.train import Trainer
 
@@ -54,7 +54,7 @@ def main() -> None:
         payload = checkpoint.load(ckpt)
         manifest, model = export_run(payload, Path(tmp) / "model.gxnor")
         engine = PackedModel.load(Path(tmp) / "model.gxnor")
-        data = packed_data(manifest)
+        data, src = packed_data(manifest), manifest["source"]
         images = data.test.images
         runs = {"engine": lambda: engine.predict(images.numpy()),
                 "torch-fp32": lambda: predict_torch(model, images, data.max_value)}
@@ -78,9 +78,12 @@ def main() -> None:
     for name, r in rate.items():
         print(f"{name:<12}{r:>12,.0f} samples/s")
     print(f"predictions identical on every sample: {agree}; measured resting probability {resting:.4f}")
+    weights = sum(int(np.prod(layer["weight"]["shape"])) for layer in manifest["layers"])
+    bits = 8 * packed_weight_bytes(manifest) / weights
+    print(f"weights at rest: {bits:.3f} bits each (file format version {manifest['version']})")
     print(f"RESULT engine_samples_per_s={rate['engine']:.0f} torch_fp32_samples_per_s={rate['torch-fp32']:.0f} "
           f"engine_vs_torch={rate['engine'] / rate['torch-fp32']:.3f} identical={int(agree)} "
-          f"resting_prob={resting:.4f}")
+          f"resting_prob={resting:.4f} bits_per_weight={bits:.3f} threads={torch.get_num_threads()}")
 
 
 if __name__ == "__main__":
