@@ -37,8 +37,8 @@ def config_help() -> str:
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help=f"gxnor {__version__}: train, evaluate, export and sweep networks whose weights and "
                        "activations live in small discrete spaces (GXNOR-Net).")
-RUNS_DIR = typer.Option("runs", "--runs-dir", help="Where gxnor keeps runs (checkpoints, the default store).")
-TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store to find runs in (default: "
+RUNS_DIR = typer.Option("runs", "--runs-dir", metavar="DIR", help="Where gxnor keeps runs (checkpoints, the default store).")
+TRACKING_URI = typer.Option(None, "--tracking-uri", metavar="URI", help="MLflow store to find runs in (default: "
                             "$MLFLOW_TRACKING_URI, else sqlite:///<runs-dir>/mlflow.db).")
 err = Console(stderr=True)
 out = Console() if sys.stdout.isatty() else Console(width=160)  # pipes and logs get whole tables
@@ -105,8 +105,8 @@ class EpochProgress:
 @app.command(epilog=config_help())
 def train(
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides, e.g. quant.window=0.7 data=mnist"),
-    config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Use your own conf/ instead of gxnor's."),
-    json_out: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
+    config_dir: Optional[Path] = typer.Option(None, "--config-dir", metavar="DIR", help="Use your own conf/ instead of gxnor's."),
+    json_out: bool = typer.Option(False, "--json", metavar="", help="Print the final metrics as JSON."),
 ):
     """Train a network; every run is logged to MLflow (gxnor ui to browse).
 
@@ -146,14 +146,14 @@ def train(
 @app.command("eval")
 def evaluate_cmd(
     run: str = typer.Argument(..., help="MLflow run id, run directory or checkpoint file."),
-    split: str = typer.Option("test", help="train | val | test"),
-    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    split: str = typer.Option("test", metavar="train|val|test", help="The data split."),
+    json_out: bool = typer.Option(False, "--json", metavar="", help="Print the results as JSON."),
     out_dir: str = RUNS_DIR,
     uri: Optional[str] = TRACKING_URI,
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Read the dataset from here instead."),
-    batch_size: int = typer.Option(1000, min=1),
-    engine: str = typer.Option("torch", help="torch (a run or checkpoint) | packed (an exported .gxnor file)."),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write each sample's prediction "
+    data_root: Optional[str] = typer.Option(None, "--data-root", metavar="DIR", help="Read the dataset from here instead."),
+    batch_size: int = typer.Option(1000, min=1, metavar="N", help="Samples per evaluation batch."),
+    engine: str = typer.Option("torch", metavar="torch|packed", help="torch (a run or checkpoint) or packed (an exported .gxnor file)."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", metavar="FILE", help="Also write each sample's prediction "
                                                "to this CSV file (index,label,prediction), to diff models."),
 ):
     """Accuracy, per-layer sparsity and resting probability of a trained run on a data split.
@@ -203,8 +203,8 @@ def _is_packed(path: str) -> bool:
 @app.command()
 def export(
     run: str = typer.Argument(..., help="MLflow run id, run directory or checkpoint file."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="Output file (default runs/exports/<run>.gxnor)."),
-    fmt: str = typer.Option("packed", "--format", help="packed (true bit width, integer thresholds) | onnx "
+    out_path: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Output file (default runs/exports/<run>.gxnor)."),
+    fmt: str = typer.Option("packed", "--format", metavar="packed|onnx", help="packed (true bit width, integer thresholds) | onnx "
                                                        "(float graph, needs pip install 'gxnor\\[onnx]')."),
     out_dir: str = RUNS_DIR,
     uri: Optional[str] = TRACKING_URI,
@@ -256,11 +256,11 @@ def export(
 @app.command()
 def summary(
     target: str = typer.Argument(..., help="A run id, checkpoint or exported .gxnor file."),
-    samples: int = typer.Option(256, min=1, help="Test samples the gated operations are measured on."),
+    samples: int = typer.Option(256, min=1, metavar="N", help="Test samples the gated operations are measured on."),
     out_dir: str = RUNS_DIR,
     uri: Optional[str] = TRACKING_URI,
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Read the dataset from here instead."),
-    json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", metavar="DIR", help="Read the dataset from here instead."),
+    json_out: bool = typer.Option(False, "--json", metavar="", help="Print the table as JSON."),
 ):
     """Per-layer states, bits, bytes at rest, MACs and gated operations measured on data."""
     import tempfile
@@ -297,11 +297,11 @@ def summary(
 @app.command(epilog=config_help())
 def sweep(
     overrides: Optional[List[str]] = typer.Argument(None, help="Overrides; sweep ones take a,b,c / range() / choice()."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="A named grid from conf/sweep/NAME.yaml."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials in parallel (each gets cores/jobs threads)."),
-    launcher: str = typer.Option("local", "--launcher", help="How trials run: local | submitit_local | slurm | "
+    grid: Optional[str] = typer.Option(None, "--grid", metavar="NAME", help="A named grid from conf/sweep/NAME.yaml."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, metavar="N", help="Trials in parallel (each gets cores/jobs threads)."),
+    launcher: str = typer.Option("local", "--launcher", metavar="NAME", help="How trials run: local | submitit_local | slurm | "
                                  "ray; settings as launcher.key=value (conf/launcher/NAME.yaml)."),
-    config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Use your own conf/ instead of gxnor's."),
+    config_dir: Optional[Path] = typer.Option(None, "--config-dir", metavar="DIR", help="Use your own conf/ instead of gxnor's."),
 ):
     """Train every point of a grid as nested MLflow runs; re-running resumes.
 
@@ -382,10 +382,10 @@ def _sweep_progress():
 
 @app.command()
 def ui(
-    port: int = typer.Option(5000, help="Port on 127.0.0.1."),
+    port: int = typer.Option(5000, metavar="N", help="Port on 127.0.0.1."),
     out_dir: str = RUNS_DIR,
     uri: Optional[str] = TRACKING_URI,
-    experiment: str = typer.Option("gxnor", "--experiment", help="MLflow experiment whose runs to link to."),
+    experiment: str = typer.Option("gxnor", "--experiment", metavar="NAME", help="MLflow experiment whose runs to link to."),
 ):
     """Open the MLflow UI for gxnor's runs on http://127.0.0.1:PORT (job execution off).
 
@@ -423,7 +423,7 @@ def ui(
 
 
 @app.callback(invoke_without_command=True)
-def main_options(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
+def main_options(version: bool = typer.Option(False, "--version", metavar="", help="Print the version and exit.")):
     if version:
         print(f"gxnor {__version__}")
         raise typer.Exit(0)

@@ -28,6 +28,8 @@ from .errors import UserError
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "svhn")
 SCHEDULES = ("exp", "cosine", "step", "constant")
+#: Largest learning rate taken as meant (sgd's default is 20; Adam-scaled rules use ~0.01).
+MAX_LR = 1e4
 LOSSES = ("squared_hinge", "cross_entropy")
 
 
@@ -158,8 +160,10 @@ class OptimConfig:
 
     def __post_init__(self):
         _require(all(m >= 1 for m in self.milestones), f"optim.milestones must be epochs >= 1; got {self.milestones}")
-        _require(all(v is None or v > 0 for v in (self.lr, self.lr_end, self.bn_lr)),
-                 "optim.lr, optim.lr_end and optim.bn_lr must be > 0")
+        for name in ("lr", "lr_end", "bn_lr"):
+            value = getattr(self, name)
+            _require(value is None or 0 < value <= MAX_LR,
+                     f"optim.{name} must be in (0, {MAX_LR:g}]; got {value}")
         _require(self.schedule in SCHEDULES,
                  f"optim.schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         _require(self.step_every >= 1, f"optim.step_every must be >= 1; got {self.step_every}")
@@ -219,6 +223,8 @@ class Config:
             self.optim.lr = RULES[rule].default_lr
         if self.optim.lr_end is None:
             self.optim.lr_end = self.optim.lr / 100
+        _require(self.optim.lr_end <= self.optim.lr,
+                 f"optim.lr_end ({self.optim.lr_end}) must not exceed optim.lr ({self.optim.lr})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

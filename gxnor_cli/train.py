@@ -36,7 +36,7 @@ from . import checkpoint
 from .config import Config, rule_settings
 from .data import Dataset, batches
 from .discrete import DST, discrete_layers
-from .errors import UserError
+from .errors import RunFailed, UserError
 from .evaluate import evaluate
 from .interrupt import check_stop, stop_requested
 
@@ -201,7 +201,8 @@ class Trainer:
         if group is not None:
             total_loss, correct = group.sums(total_loss, correct)
         if not math.isfinite(total_loss):
-            raise RuntimeError(f"training diverged at epoch {epoch}: loss is {total_loss}")
+            raise RunFailed(f"training diverged at epoch {epoch + 1}: the loss is {total_loss} (try a smaller "
+                            f"optim.lr or optim.bn_lr)")
         return {"train_loss": total_loss / seen, "train_acc": correct / seen}
 
     def fit(self, on_epoch: Optional[EpochCallback] = None, on_batch: Optional[BatchCallback] = None) -> dict:

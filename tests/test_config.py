@@ -54,6 +54,9 @@ def test_groups_and_keys(overrides, check):
     ("quant=ternaryish", "available: bnn, float, gxnor, multilevel, twn"),
     ("experiment=mnist_best", "unknown experiment option 'mnist_best'; available: fashion_gxnor"),
     ("dst.mom8_range=0", "dst.mom8_range must be > 0"),
+    ("optim.bn_lr=1e38", "optim.bn_lr must be in (0, 10000]"),
+    ("optim.lr_end=1", "must not exceed optim.lr"),
+    ("dst.beta2=2", "dst.beta2 must be in [0, 1)"),
     ("+quant.extra=1", "adding or deleting keys is not allowed"),
     ("++trainer.epochs=3", "adding or deleting keys is not allowed"),
     ("~quant.window", "adding or deleting keys is not allowed"),
@@ -65,6 +68,12 @@ def test_bad_overrides_raise_one_line(override, message):
         load_config([override])
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_dst_key_the_rule_does_not_read_is_refused():
+    with pytest.raises(ConfigError, match="dst.beta1 has no effect with dst.rule=sgd"):
+        load_config(["dst=sgd", "dst.beta1=0.99"])
+    assert load_config(["dst=mom8", "dst.beta1=0.99"]).dst.beta1 == 0.99
 
 
 def test_flatten_and_round_trip():

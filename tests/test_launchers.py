@@ -33,23 +33,28 @@ def parents(runs):
 def test_a_grid_runs_to_finished_children_and_a_failed_or_killed_trial_does_not_stop_it(launcher, tmp_path,
                                                                                       mlflow_template):
     runs = store_copy(mlflow_template, tmp_path)
-    # 1e38: a BatchNorm lr that diverges (the trial raises); 0.02: a trial we kill -9 once it runs
-    args = ["sweep", "optim.bn_lr=0.01,0.02,1e38", *SLOW, "trainer.epochs=60", "--launcher", launcher,
-            *SETTINGS[launcher]]
+    # trainer.device=cuda: trials that raise where they run (no GPU here); bn_lr 0.02 on the CPU:
+    # a trial we kill -9 once it runs; bn_lr 0.01 on the CPU: the one that finishes
+    args = ["sweep", "trainer.device=cpu,cuda", "optim.bn_lr=0.01,0.02", *SLOW, "trainer.epochs=60",
+            "--launcher", launcher, *SETTINGS[launcher]]
     proc = gxnor(tmp_path, *args)
     victim = wait_for(lambda: next((r for r in children(runs) if r.info.status == "RUNNING"
-                                    and r.data.params.get("optim.bn_lr") == "0.02"), None), what="a running trial")
+                                    and r.data.params.get("optim.bn_lr") == "0.02"
+                                    and r.data.params.get("trainer.device") == "cpu"), None),
+                      what="a running trial")
     os.kill(int(victim.data.tags["gxnor.pid"]), signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "Traceback" not in err, err
-    kids = {r.data.params["optim.bn_lr"]: r for r in children(runs)}
-    assert kids["0.01"].info.status == "FINISHED"
-    assert kids["1e+38"].info.status == "FAILED" and "gxnor.error" in kids["1e+38"].data.tags
-    assert kids["0.02"].info.status == "FAILED" and "died" in kids["0.02"].data.tags["gxnor.error"]
+    kids = {(r.data.params["trainer.device"], r.data.params["optim.bn_lr"]): r for r in children(runs)}
+    assert kids["cpu", "0.01"].info.status == "FINISHED"
+    for bn_lr in ("0.01", "0.02"):
+        assert kids["cuda", bn_lr].info.status == "FAILED"
+        assert "CUDA is not available" in kids["cuda", bn_lr].data.tags["gxnor.error"]
+    assert kids["cpu", "0.02"].info.status == "FAILED" and "died" in kids["cpu", "0.02"].data.tags["gxnor.error"]
     (parent,) = parents(runs)
     assert parent.info.status == "FAILED" and parent.data.metrics["finished"] == 1
-    # launcher settings are no run config: not a param, and the same sweep under another launcher
-    assert not any(k.startswith("launcher") for k in kids["0.01"].data.params)
+    # launcher settings are no run config: not a param
+    assert not any(k.startswith("launcher") for k in kids["cpu", "0.01"].data.params)
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)

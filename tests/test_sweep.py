@@ -44,8 +44,19 @@ def test_grid_of_four_gives_parent_and_four_finished_children(cli, runs_dir):
     assert len(parents(runs)) == 1 and len(children(runs, parent.info.run_id)) == 4
 
 
-def test_failed_trial_is_marked_and_the_sweep_goes_on_then_resumes_it(cli, runs_dir):
-    args = ("sweep", "optim.bn_lr=0.01,1e38", *TINY)
+def test_failed_trial_is_marked_and_the_sweep_goes_on_then_resumes_it(cli, runs_dir, monkeypatch):
+    from gxnor_cli.errors import RunFailed
+    from gxnor_cli.train import Trainer
+
+    epoch = Trainer.train_epoch
+
+    def fail_one(self, *args, **kwargs):  # the trial at bn_lr 0.02 fails as a diverging run would
+        if self.cfg.optim.bn_lr == 0.02:
+            raise RunFailed("training diverged at epoch 1: the loss is nan")
+        return epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_epoch", fail_one)
+    args = ("sweep", "optim.bn_lr=0.01,0.02", *TINY)
     code, out, err = cli(*args)
     assert code == 1 and "failed" in err
     runs = runs_in_store(runs_dir)
@@ -53,10 +64,9 @@ def test_failed_trial_is_marked_and_the_sweep_goes_on_then_resumes_it(cli, runs_
     kids = children(runs, parent.info.run_id)
     assert sorted(k.info.status for k in kids) == ["FAILED", "FINISHED"]
     failed = next(k for k in kids if k.info.status == "FAILED")
-    assert "gxnor.error" in failed.data.tags
+    assert "diverged" in failed.data.tags["gxnor.error"]
     assert parent.info.status == "FAILED"
-    failed_points = parent.data.tags["gxnor.failed_points"]
-    assert "1e+38" in failed_points or "1e38" in failed_points
+    assert "0.02" in parent.data.tags["gxnor.failed_points"]
     # re-running skips the finished point and retries the failed one only
     code, out, err = cli(*args)
     assert code == 1 and err.count("SKIPPED") == 1
