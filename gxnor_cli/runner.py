@@ -115,9 +115,9 @@ def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Opti
     distributed.check_world(cfg, payload, group)
     if group is None and cfg.trainer.devices > 1:
         data, _ = prepare(cfg)  # files and architecture checked before any rank starts
+        # the ranks print a line per epoch; the result comes back from rank 0
         return distributed.launch(cfg, overrides, lambda: open_run(cfg, store, data, overrides, payload,
                                                                    parent_id=parent_id, tags=tags))
-        # (the ranks print a line per epoch; the result comes back from rank 0)
     device = group.device if group is not None else resolve_device(cfg.trainer.device)
     data, model = prepare(cfg)
 

@@ -142,7 +142,7 @@ class Run:
         self.store = store
         self.client = _client(store)
         self.pending: list[Callable[[], None]] = []  # logging calls the store did not take yet
-        self.warn = warn
+        self.warn, self.warned = warn, False
         if run_id is not None:
             self.run_id = run_id
             if not keep_status:
@@ -188,15 +188,15 @@ class Run:
             try:
                 self.pending[0]()
             except Exception as err:  # the store went away: training goes on
-                if len(self.pending) == 1 or not getattr(self, "_warned", False):
+                if not self.warned:
                     self.warn(f"gxnor: tracking store {self.store.describe()} not answering ({_first_line(err)}); "
-                              f"training goes on, {len(self.pending)} logging call(s) kept for later")
-                    self._warned = True
+                              f"training goes on, logging calls are kept for later")
+                    self.warned = True
                 return
             self.pending.pop(0)
-        if getattr(self, "_warned", False):
+        if self.warned:
             self.warn(f"gxnor: tracking store {self.store.describe()} answers again; everything kept was logged")
-            self._warned = False
+            self.warned = False
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
