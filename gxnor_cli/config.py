@@ -177,6 +177,7 @@ class TrainerConfig:
     seed: int = key(0, "seed of initial states, shuffles, splits and DST draws")
     device: str = key("auto", "auto | cpu | cuda | cuda:N")
     devices: int = key(1, "data-parallel processes (CUDA: one GPU each); the global batch stays batch_size")
+    sync_bn: bool = key(False, "data parallel on CUDA: BatchNorm batch statistics over all ranks (SyncBatchNorm)")
     val_fraction: float = key(0.1, "share of the training set held out to select the checkpoint")
     loss: str = key("squared_hinge", "loss: " + " | ".join(LOSSES))
     threads: Optional[int] = key(None, "torch CPU threads (null: torch's default)")

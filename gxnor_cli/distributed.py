@@ -138,6 +138,14 @@ class Group:
                                   f"(digests {', '.join(f'{int(v):x}' for v in every)}); the run cannot go on")
 
 
+def synchronise_norm(model: nn.Module, group: Optional[Group], cfg) -> nn.Module:
+    """With ``trainer.sync_bn`` on CUDA ranks, BatchNorm normalises with the statistics of the
+    whole global batch (one all-reduce per BatchNorm layer and step), as one process would."""
+    if group is None or not cfg.trainer.sync_bn or group.device.type != "cuda":
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def in_group_env() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
@@ -179,6 +187,9 @@ def check_world(cfg, payload: Optional[dict], group: Optional[Group]) -> None:
     if world > 1 and cfg.trainer.batch_size < 2 * world:
         raise UserError(f"trainer.batch_size={cfg.trainer.batch_size} is too small for {world} ranks "
                         f"(BatchNorm needs two samples on each: at least {2 * world})")
+    if cfg.trainer.sync_bn and (cfg.trainer.device == "cpu" or (cfg.trainer.device == "auto"
+                                                                and not torch.cuda.is_available())):
+        raise UserError("trainer.sync_bn needs CUDA ranks (torch's SyncBatchNorm runs on GPUs only)")
     if payload is not None:
         stored = payload["config"]["trainer"].get("devices", 1)
         if stored != world:

@@ -120,6 +120,7 @@ def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Opti
                                                                    parent_id=parent_id, tags=tags))
     device = group.device if group is not None else resolve_device(cfg.trainer.device)
     data, model = prepare(cfg)
+    model = distributed.synchronise_norm(model, group, cfg)
 
     def make_trainer(run_id: str) -> Trainer:
         trainer = Trainer(cfg, model, data, device, store.checkpoint_dir(run_id), group)

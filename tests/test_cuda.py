@@ -50,3 +50,20 @@ def test_dst_on_cuda_keeps_states_in_the_space_and_moves_them(rule):
     assert torch.isin(layer.state, Space(3).codes().cuda()).all()
     assert not torch.equal(layer.state, before)
     assert 0 < next(iter(dst.transition_rates().values())) < 1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("sync_bn", ["false", "true"])
+def test_data_parallel_on_two_gpus(tmp_path, sync_bn):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MLFLOW_TRACKING_URI")}
+    done = subprocess.run([sys.executable, "-m", "gxnor_cli", "train", "trainer.devices=2", "trainer.device=cuda",
+                           f"trainer.sync_bn={sync_bn}", "trainer.epochs=2", "--json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["devices"] == 2 and result["test_acc"] > 0.5

@@ -211,3 +211,10 @@ def _is_rank_of(pid: int, launcher: int) -> bool:
         return int(stat[1]) == launcher and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def test_sync_bn_is_refused_without_cuda(cli, runs_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    code, _, err = cli("train", *TINY, "trainer.devices=2", "trainer.sync_bn=true")
+    assert code == 2 and "trainer.sync_bn needs CUDA" in err and runs_in_store(runs_dir) == []
