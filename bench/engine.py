@@ -1,9 +1,11 @@
-"""Samples/s of the packed gated-XNOR engine vs torch fp32 eval of the same net, side by side.
+"""Samples/s of the packed engine vs torch fp32 eval of the same net, side by side.
 
 A ternary digits net is trained for a few epochs (or a checkpoint is given), exported,
-and both run the full digits test split, interleaved, REPEATS times each (median):
+and all run the full test split, interleaved, REPEATS times each (median), with
+``--threads`` threads for torch and for numpy's BLAS alike:
 
-    engine       gxnor's numpy reference engine on the packed file (integers, bit masks)
+    engine       the packed engine, gemm kernel (exact integer sums of the codes through BLAS)
+    engine-xnor  the packed engine, gated-XNOR kernel on bit planes (the method's reference)
     torch-fp32   the same trained model in torch eval mode (float weights and activations)
 
 Also printed: whether their predictions agree on every sample, and the resting
@@ -30,10 +32,12 @@ REPEATS = 5
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoint", nargs="?")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits  # numpy's BLAS gets the same threads (ships with scikit-learn)
+
+    threadpool_limits(args.threads)
 
     from gxnor_cli import checkpoint
     from gxnor_cli.config import load_config
@@ -56,7 +60,9 @@ def main() -> None:
         engine = PackedModel.load(Path(tmp) / "model.gxnor")
         data, src = packed_data(manifest), manifest["source"]
         images = data.test.images
-        runs = {"engine": lambda: engine.predict(images.numpy()),
+        xnor = PackedModel.load(Path(tmp) / "model.gxnor", kernel="xnor")
+        engine.measure = xnor.measure = False  # inference only, as torch does (events are counted below)
+        runs = {"engine": lambda: engine.predict(images.numpy()), "engine-xnor": lambda: xnor.predict(images.numpy()),
                 "torch-fp32": lambda: predict_torch(model, images, data.max_value)}
         outputs = {name: fn() for name, fn in runs.items()}  # warm-up
         times = {name: [] for name in runs}
@@ -67,8 +73,10 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     n = len(images)
     rate = {name: n / statistics.median(t) for name, t in times.items()}
-    agree = bool(np.array_equal(outputs["engine"], outputs["torch-fp32"]))
+    agree = bool(np.array_equal(outputs["engine"], outputs["torch-fp32"])
+                 and np.array_equal(outputs["engine-xnor"], outputs["torch-fp32"]))
     engine.reset_events()
+    engine.measure = True
     engine.predict(images.numpy())
     table = engine.event_table()
     pairs, opened = sum(r["pairs"] for r in table[1:]), sum(r["gates_opened"] for r in table[1:])
@@ -82,7 +90,8 @@ def main() -> None:
     bits = 8 * packed_weight_bytes(manifest) / weights
     print(f"weights at rest: {bits:.3f} bits each (file format version {manifest['version']})")
     print(f"RESULT engine_samples_per_s={rate['engine']:.0f} torch_fp32_samples_per_s={rate['torch-fp32']:.0f} "
-          f"engine_vs_torch={rate['engine'] / rate['torch-fp32']:.3f} identical={int(agree)} "
+          f"engine_vs_torch={rate['engine'] / rate['torch-fp32']:.3f} "
+          f"xnor_vs_torch={rate['engine-xnor'] / rate['torch-fp32']:.3f} identical={int(agree)} "
           f"resting_prob={resting:.4f} bits_per_weight={bits:.3f} threads={torch.get_num_threads()}")
 
 

@@ -153,6 +153,8 @@ def evaluate_cmd(
     data_root: Optional[str] = typer.Option(None, "--data-root", metavar="DIR", help="Read the dataset from here instead."),
     batch_size: int = typer.Option(1000, min=1, metavar="N", help="Samples per evaluation batch."),
     engine: str = typer.Option("torch", metavar="torch|packed", help="torch (a run or checkpoint) or packed (an exported .gxnor file)."),
+    kernel: str = typer.Option("gemm", "--kernel", metavar="gemm|xnor", help="Packed engine: gemm (exact integer "
+                               "sums through BLAS) or xnor (gated XNOR on bit planes, the reference)."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", metavar="FILE", help="Also write each sample's prediction "
                                                "to this CSV file (index,label,prediction), to diff models."),
 ):
@@ -172,7 +174,9 @@ def evaluate_cmd(
     if engine == "packed":
         from .engine import PackedModel
 
-        result = {"export": run, **evaluate_packed(PackedModel.load(Path(run)), split, data_root, batch_size,
+        if kernel not in ("gemm", "xnor"):
+            fail(f"--kernel must be gemm or xnor; got {kernel!r}")
+        result = {"export": run, **evaluate_packed(PackedModel.load(Path(run), kernel), split, data_root, batch_size,
                                                    predictions)}
         title, cols = (f"packed engine on the {split} split of {result['data']} ({result['samples']} samples)",
                        ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob",

@@ -1,15 +1,21 @@
-"""Reference inference engine for packed models: numpy only, integers only.
+"""Inference engine for packed models: numpy only, exact integer arithmetic.
 
-Layers whose weights and inputs both have at most three states (codes in {-1, 0, 1}) run
-as gated XNOR on bit-packed masks (method.md s. 6).  Along the input axis, in 64-bit
-words,
+Two kernels compute the same integer accumulators A = sum code_w * code_x:
+
+``gemm`` (the default): one BLAS matrix product of the codes, in float32 where every
+partial sum stays below 2^24 in magnitude (fan-in x max|code_w| x max|code_x| < 2^24, so
+each is an exact integer) and in float64 otherwise (exact below 2^53).  The gates opened
+are counted from column sums of the non-zero masks: sum_f (sum_r nz_x[r, f]) (sum_o nz_w[o, f]).
+
+``xnor`` (the reference of the method): layers whose weights and inputs both have at most
+three states (codes in {-1, 0, 1}) run as gated XNOR on bit-packed masks (method.md s. 6).
+Along the input axis, in 64-bit words,
 
     gate = nz(w) & nz(x)                  (both non-zero: the operation happens)
     xnor = ~(sign(w) ^ sign(x))           (signs agree: the product is +1)
     A    = 2 popcount(gate & xnor) - popcount(gate)
 
-Other layers (more states, or the first layer on real inputs) accumulate small integers
-exactly.  BatchNorm and phi are integer thresholds (see gxnor_cli.export); the last
+Other layers (more states, or the first layer on real inputs) take the gemm path in both.  BatchNorm and phi are integer thresholds (see gxnor_cli.export); the last
 layer's scores are scale * A + shift.  The engine counts, per layer and on the data it
 runs: weight-activation pairs, gates opened (both operands non-zero), the resting
 probability 1 - opened / pairs, and the 64-bit popcount words processed.
@@ -54,6 +60,9 @@ class Events:
         return 1.0 - self.opened / self.pairs if self.pairs else 0.0
 
 
+KERNELS = ("gemm", "xnor")
+
+
 @dataclass
 class Layer:
     spec: dict
@@ -64,6 +73,9 @@ class Layer:
     scale: np.ndarray = None
     shift: np.ndarray = None
     gated: bool = False
+    dtype: type = np.float64
+    weights_t: np.ndarray = None
+    nz_w_count: np.ndarray = None
     sign_w: np.ndarray = None
     nz_w: np.ndarray = None
     events: Events = field(default_factory=Events)
@@ -171,9 +183,12 @@ def validate(manifest: dict, blobs: dict[str, np.ndarray]) -> None:
 class PackedModel:
     """A packed model loaded for inference (its manifest validated first)."""
 
-    def __init__(self, manifest: dict, blobs: dict[str, np.ndarray]):
+    def __init__(self, manifest: dict, blobs: dict[str, np.ndarray], kernel: str = "gemm"):
         validate(manifest, blobs)
-        self.manifest = manifest
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+        self.manifest, self.kernel = manifest, kernel
+        self.measure = True  # count pairs and opened gates (False: inference only)
         self.max_value = manifest["input"]["max_value"]
         self.layers: list[Layer] = []
         for spec in manifest["layers"]:
@@ -190,34 +205,40 @@ class PackedModel:
                 layer.flip, layer.hi = blobs[out["flip"]].astype(np.int64), blobs[out["hi"]]
                 layer.lo = blobs.get(out.get("lo"))
             small_input = spec["input"]["kind"] == "states" and spec["input"]["states"] <= 3
-            layer.gated = small_input and w["states"] <= 3
+            layer.gated = small_input and w["states"] <= 3 and kernel == "xnor"
+            in_max = self.max_value if spec["input"]["kind"] == "real" else spec["input"]["codes"][-1]
+            exact32 = codes.shape[1] * int(np.abs(codes).max(initial=0)) * in_max < 2**24
+            layer.dtype = np.float32 if exact32 else np.float64
+            layer.weights_t = codes.T.astype(layer.dtype)
+            layer.nz_w_count = (codes != 0).sum(0).astype(np.float64)
             if layer.gated:
                 layer.sign_w, layer.nz_w = pack_rows(codes > 0), pack_rows(codes != 0)
             self.layers.append(layer)
 
     @classmethod
-    def load(cls, path: Path) -> "PackedModel":
-        return cls(*packed.read(path))
+    def load(cls, path: Path, kernel: str = "gemm") -> "PackedModel":
+        return cls(*packed.read(path), kernel=kernel)
 
     # -- one layer ---------------------------------------------------------------
     @staticmethod
     def _patches(x: np.ndarray, kernel: int, padding: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """(B, C, H, W) -> (B * Ho * Wo, C * k * k) in (C, k, k) order."""
+        """(B, H, W, C) channels-last -> (B * Ho * Wo, C * k * k) rows in the weights' (C, k, k) order."""
         if padding:
-            x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-        windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(2, 3))
-        b, c, ho, wo = windows.shape[:4]
-        return windows.transpose(0, 2, 3, 1, 4, 5).reshape(b * ho * wo, c * kernel * kernel), (ho, wo)
+            x = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(1, 2))
+        b, ho, wo = windows.shape[:3]  # windows: (B, Ho, Wo, C, k, k)
+        return windows.reshape(b * ho * wo, -1), (ho, wo)
 
     def _accumulate(self, layer: Layer, rows: np.ndarray) -> np.ndarray:
         """A = rows @ codes^T as int64, counting events."""
         out_ch, features = layer.codes.shape
         ev = layer.events
-        ev.pairs += rows.shape[0] * out_ch * features
-        if not layer.gated:
-            nz = (rows != 0).astype(np.float64)
-            ev.opened += int(nz.sum(0) @ (layer.codes != 0).sum(0).astype(np.float64))
-            return np.rint(rows.astype(np.float64) @ layer.codes.T.astype(np.float64)).astype(np.int64)
+        if self.measure:
+            ev.pairs += rows.shape[0] * out_ch * features
+        if not layer.gated:  # exact: every partial sum is an integer the float type holds
+            if self.measure:
+                ev.opened += int(np.count_nonzero(rows, axis=0).astype(np.float64) @ layer.nz_w_count)
+            return rows.astype(layer.dtype) @ layer.weights_t
         sign_x, nz_x = pack_rows(rows > 0), pack_rows(rows != 0)
         words = sign_x.shape[1]
         step = max(1, (1 << 22) // max(1, out_ch * words))
@@ -233,37 +254,39 @@ class PackedModel:
         return result
 
     def _output(self, layer: Layer, acc: np.ndarray) -> np.ndarray:
-        """Integer thresholds (hidden layers) or scores (last layer); channel axis is 1."""
-        shape = (1, -1) + (1,) * (acc.ndim - 2)
+        """Integer thresholds (hidden layers) or scores (last layer); channels on the last axis."""
         if layer.scale is not None:
-            return acc * layer.scale.reshape(shape) + layer.shift.reshape(shape)
-        a = acc * layer.flip.reshape(shape)
+            return acc * layer.scale + layer.shift
+        a = acc * layer.flip
         hi = layer.hi
-        code = np.zeros(acc.shape, dtype=np.int8)
         if layer.lo is None:  # binary: +1 if A' >= hi else -1
-            return np.where(a >= hi[:, 0].reshape(shape), 1, -1).astype(np.int8)
+            return np.where(a >= hi[:, 0], 1, -1).astype(np.int8)
+        code = np.zeros(acc.shape, dtype=np.int8)
         for k in range(hi.shape[1]):
-            code += (a >= hi[:, k].reshape(shape)).astype(np.int8)
-            code -= (a <= layer.lo[:, k].reshape(shape)).astype(np.int8)
+            code += a >= hi[:, k]
+            code -= a <= layer.lo[:, k]
         return code
 
     def _layer(self, layer: Layer, x: np.ndarray) -> np.ndarray:
+        """One layer on channels-last activations (B, H, W, C), or (B, F) once dense."""
         spec = layer.spec
         if spec["kind"] == "conv":
             rows, (ho, wo) = self._patches(x, spec["kernel"], spec["padding"])
-            acc = self._accumulate(layer, rows).reshape(x.shape[0], ho, wo, -1).transpose(0, 3, 1, 2)
+            acc = self._accumulate(layer, rows).reshape(x.shape[0], ho, wo, -1)
             p = spec["pool"]
             if p:
-                b, c, h, w = acc.shape
-                acc = acc[:, :, :h // p * p, :w // p * p].reshape(b, c, h // p, p, w // p, p).max(axis=(3, 5))
+                b, h, w, c = acc.shape
+                acc = acc[:, :h // p * p, :w // p * p].reshape(b, h // p, p, w // p, p, c).max(axis=(2, 4))
         else:
+            if x.ndim == 4:  # the format flattens in C, H, W order
+                x = x.transpose(0, 3, 1, 2)
             acc = self._accumulate(layer, x.reshape(x.shape[0], -1))
         return self._output(layer, acc)
 
     # -- the model -------------------------------------------------------------------
     def scores(self, images: np.ndarray) -> np.ndarray:
         """Class scores of raw uint8 images (N, C, H, W)."""
-        x = 2 * images.astype(np.int32) - self.max_value  # u: x = u / max_value
+        x = (2 * images.astype(np.int32) - self.max_value).transpose(0, 2, 3, 1)  # u: x = u / max_value
         for layer in self.layers:
             x = self._layer(layer, x)
         return x
@@ -278,7 +301,7 @@ class PackedModel:
 
     def event_table(self) -> list[dict]:
         """Per layer: pairs, gates opened, resting probability, popcount words, and the mode."""
-        return [{"layer": l.spec["name"], "mode": "gated-xnor" if l.gated else "integer",
+        return [{"layer": l.spec["name"], "mode": "gated-xnor" if l.gated else "gemm",
                  "weight_states": l.spec["weight"]["states"],
                  "input": "real" if l.spec["input"]["kind"] == "real" else f"{l.spec['input']['states']} states",
                  "pairs": l.events.pairs, "gates_opened": l.events.opened,

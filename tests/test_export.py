@@ -81,6 +81,8 @@ def test_engine_predicts_exactly_like_torch(cli, runs_dir, tmp_path, quant):
     want = predict_torch(model, data.test.images, data.max_value)
     got = engine.predict(data.test.images.numpy())
     assert np.array_equal(got, want)  # every test sample, not just the accuracy
+    reference = PackedModel.load(tmp_path / "m.gxnor", kernel="xnor")  # gated XNOR on bit planes
+    assert np.array_equal(reference.scores(data.test.images.numpy()), engine.scores(data.test.images.numpy()))
     states = payload["config"]["quant"]["weight_states"]
     per_word = packed.per_word(states)
     weights = sum(int(np.prod(l["weight"]["shape"])) for l in manifest["layers"])
@@ -101,7 +103,13 @@ def test_engine_resting_probability_matches_torch_measurement(cli, runs_dir, tmp
     engine = json.loads(out)
     assert engine["acc"] == pytest.approx(result["test_acc"])
     assert engine["resting_prob"] == pytest.approx(result["test_resting_prob"], abs=1e-9)
-    assert engine["layers"][1]["mode"] == "gated-xnor" and engine["layers"][1]["popcount_words"] > 0
+    assert engine["layers"][1]["mode"] == "gemm"
+    code, out, err = cli("eval", "--engine", "packed", "--kernel", "xnor", str(tmp_path / "m.gxnor"), "--json")
+    assert code == 0, err
+    xnor = json.loads(out)
+    assert xnor["layers"][1]["mode"] == "gated-xnor" and xnor["layers"][1]["popcount_words"] > 0
+    assert xnor["acc"] == engine["acc"] and xnor["resting_prob"] == engine["resting_prob"]
+    assert [l["gates_opened"] for l in xnor["layers"]] == [l["gates_opened"] for l in engine["layers"]]
 
 
 def test_export_and_summary_commands(cli, runs_dir):
@@ -129,7 +137,7 @@ def test_export_and_summary_commands(cli, runs_dir):
     assert "x smaller" in out and "of all MACs gated off" in out
     code, out, err = cli("eval", "--engine", "packed", str(target))
     assert code == 0, err
-    assert "gated-xnor" in out and "popcount_words" in out
+    assert "gemm" in out and "popcount_words" in out
     assert all(0 <= row["resting_prob"] <= 1 for row in summary["layers"])
 
 
