@@ -7,6 +7,9 @@ and all run the full test split, interleaved, REPEATS times each (median), with
     engine       the packed engine, gemm kernel (exact integer sums of the codes through BLAS)
     engine-xnor  the packed engine, gated-XNOR kernel on bit planes (the method's reference)
     torch-fp32   the same trained model in torch eval mode (float weights and activations)
+    torch-int8   the same model as plain torch layers with torch's dynamic int8 quantisation
+                 (its dense layers: torch has no dynamic int8 convolution); a second anchor,
+                 not exact, so the share of its predictions that agree is printed
 
 Also printed: whether their predictions agree on every sample, and the resting
 probability the engine measured (share of gated-off weight-activation pairs after the
@@ -27,6 +30,29 @@ import numpy as np
 import torch
 
 REPEATS = 5
+
+
+def plain_torch(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a gxnor net with its discrete layers as ordinary nn.Conv2d / nn.Linear (weights =
+    the state values), so torch's own quantisation can be applied to it."""
+    import copy
+
+    from gxnor_cli.discrete import DiscreteConv2d, DiscreteLinear
+
+    plain = copy.deepcopy(model)
+    for block in plain:
+        layer = block.weight
+        if isinstance(layer, DiscreteConv2d):
+            new = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, padding=layer.padding,
+                                  bias=False)
+        elif isinstance(layer, DiscreteLinear):
+            new = torch.nn.Linear(layer.in_features, layer.out_features, bias=False)
+        else:
+            continue
+        with torch.no_grad():
+            new.weight.copy_(layer.weight())
+        block.weight = new
+    return plain.eval()
 
 
 def main() -> None:
@@ -62,8 +88,10 @@ def main() -> None:
         images = data.test.images
         xnor = PackedModel.load(Path(tmp) / "model.gxnor", kernel="xnor")
         engine.measure = xnor.measure = False  # inference only, as torch does (events are counted below)
+        int8 = torch.ao.quantization.quantize_dynamic(plain_torch(model), {torch.nn.Linear}, dtype=torch.qint8)
         runs = {"engine": lambda: engine.predict(images.numpy()), "engine-xnor": lambda: xnor.predict(images.numpy()),
-                "torch-fp32": lambda: predict_torch(model, images, data.max_value)}
+                "torch-fp32": lambda: predict_torch(model, images, data.max_value),
+                "torch-int8": lambda: predict_torch(int8, images, data.max_value)}
         outputs = {name: fn() for name, fn in runs.items()}  # warm-up
         times = {name: [] for name in runs}
         for _ in range(REPEATS):
@@ -75,6 +103,7 @@ def main() -> None:
     rate = {name: n / statistics.median(t) for name, t in times.items()}
     agree = bool(np.array_equal(outputs["engine"], outputs["torch-fp32"])
                  and np.array_equal(outputs["engine-xnor"], outputs["torch-fp32"]))
+    int8_agree = float((outputs["torch-int8"] == outputs["torch-fp32"]).mean())
     engine.reset_events()
     engine.measure = True
     engine.predict(images.numpy())
@@ -85,13 +114,15 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
     for name, r in rate.items():
         print(f"{name:<12}{r:>12,.0f} samples/s")
-    print(f"predictions identical on every sample: {agree}; measured resting probability {resting:.4f}")
+    print(f"predictions identical on every sample: {agree}; measured resting probability {resting:.4f}; "
+          f"torch-int8 agrees on {100 * int8_agree:.1f}% of the samples")
     weights = sum(int(np.prod(layer["weight"]["shape"])) for layer in manifest["layers"])
     bits = 8 * packed_weight_bytes(manifest) / weights
     print(f"weights at rest: {bits:.3f} bits each (file format version {manifest['version']})")
     print(f"RESULT engine_samples_per_s={rate['engine']:.0f} torch_fp32_samples_per_s={rate['torch-fp32']:.0f} "
           f"engine_vs_torch={rate['engine'] / rate['torch-fp32']:.3f} "
-          f"xnor_vs_torch={rate['engine-xnor'] / rate['torch-fp32']:.3f} identical={int(agree)} "
+          f"xnor_vs_torch={rate['engine-xnor'] / rate['torch-fp32']:.3f} "
+          f"engine_vs_torch_int8={rate['engine'] / rate['torch-int8']:.3f} identical={int(agree)} "
           f"resting_prob={resting:.4f} bits_per_weight={bits:.3f} threads={torch.get_num_threads()}")
 
 

@@ -208,8 +208,10 @@ def _is_packed(path: str) -> bool:
 def export(
     run: str = typer.Argument(..., help="MLflow run id, run directory or checkpoint file."),
     out_path: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Output file (default runs/exports/<run>.gxnor)."),
-    fmt: str = typer.Option("packed", "--format", metavar="packed|onnx", help="packed (true bit width, integer thresholds) | onnx "
-                                                       "(float graph, needs pip install 'gxnor\\[onnx]')."),
+    fmt: str = typer.Option("packed", "--format", metavar="packed|onnx|qonnx",
+                       help="packed (true bit width, integer thresholds) | onnx (float graph) | qonnx (Quant and "
+                            "MultiThreshold nodes, for FINN-style flows); onnx and qonnx need pip install "
+                            "'gxnor\\[onnx]'."),
     out_dir: str = RUNS_DIR,
     uri: Optional[str] = TRACKING_URI,
 ):
@@ -219,8 +221,8 @@ def export(
     from .export import export_run, fp32_state_bytes, packed_weight_bytes
     from .store import Store, StoreError
 
-    if fmt not in ("packed", "onnx"):
-        fail(f"--format must be packed or onnx; got {fmt!r}")
+    if fmt not in ("packed", "onnx", "qonnx"):
+        fail(f"--format must be packed, onnx or qonnx; got {fmt!r}")
     if out_path is not None and out_path.is_dir():
         fail(f"--out {out_path} is a directory; give a file name")
     if out_path is not None and not out_path.parent.is_dir():
@@ -230,11 +232,12 @@ def export(
     local = Store.of(uri, out_dir)  # the file goes here; it is logged to the run's own store
     store = local if uri else Store(payload.get("tracking_uri") or local.uri, local.out_dir)
     manifest = None
-    if fmt == "onnx":
+    if fmt in ("onnx", "qonnx"):
         from .onnx_export import export_onnx
+        from .qonnx_export import export_qonnx
 
-        target = out_path or local.out_dir / "exports" / f"{run_id}.onnx"
-        size = export_onnx(payload, target)
+        target = out_path or local.out_dir / "exports" / f"{run_id}.{'qonnx.' if fmt == 'qonnx' else ''}onnx"
+        size = (export_qonnx if fmt == "qonnx" else export_onnx)(payload, target)
     else:
         target = out_path or local.out_dir / "exports" / f"{run_id}.gxnor"
         manifest, model = export_run(payload, target)

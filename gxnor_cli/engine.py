@@ -238,7 +238,7 @@ class PackedModel:
         if not layer.gated:  # exact: every partial sum is an integer the float type holds
             if self.measure:
                 ev.opened += int(np.count_nonzero(rows, axis=0).astype(np.float64) @ layer.nz_w_count)
-            return rows.astype(layer.dtype) @ layer.weights_t
+            return rows.astype(layer.dtype, copy=False) @ layer.weights_t
         sign_x, nz_x = pack_rows(rows > 0), pack_rows(rows != 0)
         words = sign_x.shape[1]
         step = max(1, (1 << 22) // max(1, out_ch * words))
@@ -271,12 +271,19 @@ class PackedModel:
         """One layer on channels-last activations (B, H, W, C), or (B, F) once dense."""
         spec = layer.spec
         if spec["kind"] == "conv":
+            if not layer.gated:  # convert the k*k times smaller map, not its patches
+                x = x.astype(layer.dtype, copy=False)
             rows, (ho, wo) = self._patches(x, spec["kernel"], spec["padding"])
             acc = self._accumulate(layer, rows).reshape(x.shape[0], ho, wo, -1)
             p = spec["pool"]
-            if p:
-                b, h, w, c = acc.shape
-                acc = acc[:, :h // p * p, :w // p * p].reshape(b, h // p, p, w // p, p, c).max(axis=(2, 4))
+            if p:  # max over the p x p window offsets, as strided views (floor mode)
+                h, w = acc.shape[1] // p * p, acc.shape[2] // p * p
+                pooled = acc[:, 0:h:p, 0:w:p]
+                for i in range(p):
+                    for j in range(p):
+                        if i or j:
+                            pooled = np.maximum(pooled, acc[:, i:h:p, j:w:p])
+                acc = pooled
         else:
             if x.ndim == 4:  # the format flattens in C, H, W order
                 x = x.transpose(0, 3, 1, 2)

@@ -80,7 +80,7 @@ class Block(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.weight, (nn.Linear, DiscreteLinear)) and x.dim() > 2:
+        if x.dim() > 2 and not isinstance(self.weight, (nn.Conv2d, DiscreteConv2d)):  # dense: flatten
             x = x.flatten(1)
         x = self.weight(x)
         if self.pool is not None:

@@ -229,3 +229,34 @@ def test_malformed_manifests_are_refused_in_one_line(cli, runs_dir, tmp_path, ch
     for args in (("eval", "--engine", "packed", str(path)), ("summary", str(path))):
         code, _, err = cli(*args)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (change, err)
+
+
+@pytest.mark.parametrize("quant", ["quant=gxnor", "quant=bnn", "quant=multilevel"])
+def test_qonnx_export_loads_checks_and_predicts_exactly_like_torch(cli, runs_dir, tmp_path, quant):
+    pytest.importorskip("qonnx", reason="needs qonnx")
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    from gxnor_cli.config import DataConfig
+    from gxnor_cli.data import load_data
+    from gxnor_cli.models import load_trained
+
+    result, payload = trained(cli, runs_dir, quant, "trainer.epochs=3")
+    target = tmp_path / "m.qonnx.onnx"
+    code, out, err = cli("export", result["run_id"], "--format", "qonnx", "--out", str(target))
+    assert code == 0, err
+    data = load_data(DataConfig("digits"))
+    images = data.test.images.numpy().astype(np.float32)
+    from qonnx.util.cleanup import cleanup_model
+
+    model = cleanup_model(ModelWrapper(str(target)))  # qonnx's own clean-up and checks pass over it
+    name_in, name_out = model.graph.input[0].name, model.graph.output[0].name
+    model.set_tensor_shape(name_in, list(images.shape))  # qonnx executes fixed shapes
+    model = model.transform(InferShapes())
+    ops = {n.op_type for n in model.graph.node}
+    assert {"Quant", "MultiThreshold"} <= ops
+    scores = execute_onnx(model, {name_in: images})[name_out]
+    _, torch_model = load_trained(payload)
+    want = predict_torch(torch_model, data.test.images, data.max_value)
+    assert np.array_equal(scores.argmax(1), want)  # every sample: integer arithmetic, as the packed engine

@@ -1,0 +1,111 @@
+"""QONNX export: the packed model's integer arithmetic as a QONNX graph (FINN-style flows).
+
+Built from the packed form (gxnor_cli.export), so it computes exactly what the packed
+engine computes.  Input: raw values v (float32, N x C x H x W, 0 .. max_value).  Per layer:
+
+    u = 2 v - max_value                                     (first layer only)
+    W = Quant(codes, scale 1, zero point 0, b bits, signed, narrow)   the integer weight codes
+    A = Conv(x, W) or MatMul(Flatten(x), W^T); [MaxPool]               integer accumulators
+    hidden:  code = MultiThreshold(flip * A, T) + out_bias          T: per channel, sorted,
+             2K+1 states: T = {lo_k + 1, hi_k}, out_bias -K;  binary: T = {hi}, out_scale 2, bias -1
+    last:    scores = scale * A + shift                             (in float64, as the engine)
+
+and the next layer takes the codes.  The thresholds count ``A' >= t`` (MultiThreshold's
+rule), which is the packed format's rule: code = #{A' >= hi_k} - #{A' <= lo_k}.  Needs the
+optional ``onnx`` package; ``qonnx`` loads, checks and executes the result.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+OPSET = 17
+DOMAIN = "qonnx.custom_op.general"
+
+
+def export_qonnx(payload: dict, path: Path) -> int:
+    """Write the checkpoint ``payload`` as a QONNX model; returns the file size."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise UserError("--format qonnx needs the onnx package: pip install 'gxnor[onnx]'") from None
+    from .checkpoint import atomic_write
+    from .engine import PackedModel
+    from .export import export_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest, _ = export_run(payload, Path(tmp) / "model.gxnor")
+        model = PackedModel.load(Path(tmp) / "model.gxnor")
+    nodes, inits = [], []
+    counter = iter(range(1_000_000))
+
+    def const(array, dtype=np.float32) -> str:
+        name = f"c{next(counter)}"
+        inits.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
+        return name
+
+    def node(op: str, *inputs: str, domain: str = "", **attrs) -> str:
+        out = f"t{next(counter)}"
+        nodes.append(helper.make_node(op, list(inputs), [out], domain=domain, **attrs))
+        return out
+
+    max_value = float(model.max_value)
+    x = node("Sub", node("Mul", "input", const(2.0)), const(max_value))
+    for layer in model.layers:
+        spec = layer.spec
+        codes = layer.codes.astype(np.float32)
+        bits = int(np.ceil(np.log2(int(np.abs(layer.codes).max(initial=0)) + 1))) + 1
+        if spec["kind"] == "conv":
+            k, pad = spec["kernel"], spec["padding"]
+            weight = codes.reshape(spec["weight"]["shape"])
+        else:
+            weight = codes.T
+        w = node("Quant", const(weight), const(1.0), const(0.0), const(float(bits)), domain=DOMAIN,
+                 signed=1, narrow=1, rounding_mode="ROUND")
+        if spec["kind"] == "conv":
+            x = node("Conv", x, w, kernel_shape=[k, k], pads=[pad, pad, pad, pad])
+            if spec["pool"]:
+                p = spec["pool"]
+                x = node("MaxPool", x, kernel_shape=[p, p], strides=[p, p])
+            shape = (1, -1, 1, 1)
+        else:
+            x = node("MatMul", node("Flatten", x, axis=1), w)
+            shape = (1, -1)
+        if layer.scale is not None:  # the last layer: scores in float64, as the packed engine
+            x = node("Add", node("Mul", node("Cast", x, to=TensorProto.DOUBLE),
+                                 const(layer.scale.reshape(shape), np.float64)),
+                     const(layer.shift.reshape(shape), np.float64))
+            continue
+        x = node("Mul", x, const(layer.flip.reshape(shape)))
+        out = spec["output"]
+        if layer.lo is None:  # binary: 2 [A' >= hi] - 1
+            thresholds, scale, bias, dtype = layer.hi.astype(np.float32), 2.0, -1.0, "BIPOLAR"
+        else:
+            levels = layer.hi.shape[1]
+            thresholds = np.sort(np.concatenate([layer.lo + 1, layer.hi], axis=1).astype(np.float32), axis=1)
+            scale, bias = 1.0, -float(levels)
+            dtype = f"INT{int(np.ceil(np.log2(out['states'])))}"
+        x = node("MultiThreshold", x, const(thresholds), domain=DOMAIN, out_dtype=dtype, out_scale=scale,
+                 out_bias=bias, data_layout="NCHW" if len(shape) == 4 else "NC")
+    nodes[-1].output[0] = "scores"
+    c, h, w_ = manifest["input"]["shape"]
+    graph = helper.make_graph(
+        nodes, "gxnor_qonnx",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w_])],
+        [helper.make_tensor_value_info("scores", TensorProto.DOUBLE, ["N", manifest["classes"]])],
+        inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
+                              producer_name="gxnor")
+    src = manifest["source"]
+    proto.doc_string = (f"gxnor {src['arch']} W{src['weight_states']}/A{src['act_states']} as QONNX; "
+                        f"input: raw values in [0, {max_value:g}]; run {src.get('run_id')}")
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    atomic_write(Path(path), lambda handle: handle.write(data))
+    return len(data)
