@@ -88,6 +88,7 @@ def main() -> None:
         images = data.test.images
         xnor = PackedModel.load(Path(tmp) / "model.gxnor", kernel="xnor")
         engine.measure = xnor.measure = False  # inference only, as torch does (events are counted below)
+        engine.threads = xnor.threads = args.threads
         int8 = torch.ao.quantization.quantize_dynamic(plain_torch(model), {torch.nn.Linear}, dtype=torch.qint8)
         runs = {"engine": lambda: engine.predict(images.numpy()), "engine-xnor": lambda: xnor.predict(images.numpy()),
                 "torch-fp32": lambda: predict_torch(model, images, data.max_value),

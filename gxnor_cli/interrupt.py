@@ -8,16 +8,18 @@ A KeyboardInterrupt raised inside torch.save's file callbacks can surface as a
 RuntimeError, so interrupting a run mid-checkpoint would look like a failure.  Instead the
 first signal only sets a flag; the training loop (after each batch) and the sweep (between
 waits) call :func:`check_stop`, which raises KeyboardInterrupt there.
+
+The handler only assigns to a dict: a signal may arrive while the handler itself runs (it
+interrupts whatever the main thread is doing, its own handler included), so it must take
+no lock.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-import threading
 
-_STOP = threading.Event()
-_received: list[int] = []
+_state = {"stop": False, "signal": 0}
 
 
 def install_interrupt_handler(quiet: bool = False, escalate: bool = True) -> None:
@@ -25,12 +27,11 @@ def install_interrupt_handler(quiet: bool = False, escalate: bool = True) -> Non
     not ``escalate``: however many signals reach them they stop at the next batch, and it is
     their sweep that kills them when it wants them gone at once."""
     def handler(signum, frame):
-        if _STOP.is_set():
+        if _state["stop"]:
             if escalate:
                 raise KeyboardInterrupt
             return
-        _received.append(signum)
-        _STOP.set()
+        _state["stop"], _state["signal"] = True, signum
         if not quiet:
             again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
             print(f"gxnor: stopping after the current batch ({again} again to stop at once)", file=sys.stderr,
@@ -42,21 +43,21 @@ def install_interrupt_handler(quiet: bool = False, escalate: bool = True) -> Non
 
 def record(signum: int) -> None:
     """Note a stop signal that another handler caught (torch's elastic launcher catches its own)."""
-    if not _received:
-        _received.append(int(signum))
-    _STOP.set()
+    if not _state["signal"]:
+        _state["signal"] = int(signum)
+    _state["stop"] = True
 
 
 def stop_requested() -> bool:
-    return _STOP.is_set()
+    return _state["stop"]
 
 
 def check_stop() -> None:
     """Raise KeyboardInterrupt once a stop was requested."""
-    if _STOP.is_set():
+    if _state["stop"]:
         raise KeyboardInterrupt
 
 
 def exit_code() -> int:
     """130 after Ctrl-C, 143 (128 + SIGTERM) after SIGTERM."""
-    return 128 + (_received[0] if _received else signal.SIGINT)
+    return 128 + (_state["signal"] or signal.SIGINT)

@@ -84,7 +84,7 @@ def test_a_run_whose_process_was_killed_is_marked_when_found(tmp_path, mlflow_te
     proc = gxnor(tmp_path, "train", *SLOW, "trainer.epochs=300")
     wait_for(lambda: list(runs.glob("checkpoints/*/last.pt")), what="last.pt")
     proc.kill()
-    proc.communicate()
+    proc.communicate(timeout=120)  # EOF only once no process holds its pipes: none may be left
     (stale,) = runs_in_store(runs)
     assert stale.info.status == "RUNNING"  # nothing could mark it: the process had no chance
     done = subprocess.run([sys.executable, "-m", "gxnor_cli", "train", *TINY], cwd=tmp_path, capture_output=True,
@@ -105,7 +105,7 @@ def test_killed_sweep_takes_its_workers_along_and_a_rerun_continues_the_same_chi
                     and running_children(runs), what="two running trials")
     pids = [int(k.data.tags["gxnor.pid"]) for k in kids]
     proc.kill()
-    proc.communicate()
+    proc.communicate(timeout=120)  # EOF only once no process holds its pipes: none may be left
     wait_for(lambda: not any(alive(pid) for pid in pids), timeout=30, what="the workers to end")
     interrupted = {k.info.run_id for k in kids}
     statuses = {r.info.run_id: r.info.status for r in runs_in_store(runs) if r.info.run_id in interrupted}

@@ -75,7 +75,7 @@ def test_a_rerun_after_the_submitting_process_died_waits_for_its_trials(tmp_path
     proc = gxnor(tmp_path, *args, start_new_session=True)
     wait_for(lambda: len([r for r in children(runs) if r.info.status == "RUNNING"]) == 2, what="two trials")
     proc.kill()  # the submitting process dies; its jobs run on (as SLURM jobs would)
-    proc.communicate()
+    proc.wait(timeout=60)  # its jobs live on and hold its pipes, as they should
     done = subprocess.run([sys.executable, "-m", "gxnor_cli", *args], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
