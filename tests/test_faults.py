@@ -101,8 +101,12 @@ def sweep_args(epochs: int) -> list[str]:
 def test_killed_sweep_takes_its_workers_along_and_a_rerun_continues_the_same_children(tmp_path, mlflow_template):
     runs = store_copy(mlflow_template, tmp_path)
     proc = gxnor(tmp_path, *sweep_args(100))
-    kids = wait_for(lambda: len(running_children(runs)) == 2 and list(runs.glob("checkpoints/*/last.pt"))
-                    and running_children(runs), what="two running trials")
+    def both_checkpointed():  # two trials running, each past its first epoch (a last.pt to resume)
+        kids = running_children(runs)
+        done = all((runs / "checkpoints" / k.info.run_id / "last.pt").is_file() for k in kids)
+        return kids if len(kids) == 2 and done else None
+
+    kids = wait_for(both_checkpointed, what="two running trials with a checkpoint each")
     pids = [int(k.data.tags["gxnor.pid"]) for k in kids]
     proc.kill()
     proc.communicate(timeout=120)  # EOF only once no process holds its pipes: none may be left
