@@ -56,7 +56,6 @@ class Group:
     rank: int
     world: int
     local_rank: int
-    local_world: int
     device: torch.device
 
     @property
@@ -165,7 +164,6 @@ def current(device: str = "auto") -> Optional[Group]:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     _group = Group(dist.get_rank(), dist.get_world_size(), local_rank,
-                   int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
                    torch.device("cuda", local_rank) if cuda else torch.device("cpu"))
     return _group
 

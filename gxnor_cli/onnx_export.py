@@ -25,28 +25,64 @@ from .models import load_trained
 OPSET = 17
 
 
-def export_onnx(payload: dict, path: Path) -> int:
-    """Write the checkpoint ``payload`` as an ONNX model; returns the file size."""
+def require_onnx(fmt: str):
+    """The onnx module, or a one-line UserError saying how to get it."""
     try:
         import onnx
-        from onnx import TensorProto, helper, numpy_helper
     except ImportError:
-        raise UserError("--format onnx needs the onnx package: pip install 'gxnor[onnx]'") from None
-    from .checkpoint import atomic_write
+        raise UserError(f"--format {fmt} needs the onnx package: pip install 'gxnor[onnx]'") from None
+    return onnx
 
-    cfg, model = load_trained(payload)
-    nodes, inits = [], []
-    counter = iter(range(1_000_000))
 
-    def const(array, dtype=np.float32) -> str:
-        name = f"c{next(counter)}"
-        inits.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
+class GraphBuilder:
+    """Nodes and constants of an ONNX graph under construction, under generated names."""
+
+    def __init__(self):
+        self.nodes, self.inits = [], []
+        self._ids = iter(range(1_000_000))
+
+    def const(self, array, dtype=np.float32) -> str:
+        from onnx import numpy_helper
+
+        name = f"c{next(self._ids)}"
+        self.inits.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
         return name
 
-    def node(op: str, *inputs: str, **attrs) -> str:
-        out = f"t{next(counter)}"
-        nodes.append(helper.make_node(op, list(inputs), [out], **attrs))
+    def node(self, op: str, *inputs: str, **attrs) -> str:
+        from onnx import helper
+
+        out = f"t{next(self._ids)}"
+        self.nodes.append(helper.make_node(op, list(inputs), [out], **attrs))
         return out
+
+    def write(self, path: Path, name: str, in_shape, classes: int, doc: str, scores: str = "FLOAT",
+              domains: tuple[str, ...] = ()) -> int:
+        """Name the last node's output ``scores``, check the model and write it atomically;
+        returns the file size.  Input ``input``: N x in_shape float32."""
+        import onnx
+        from onnx import TensorProto, helper
+
+        from .checkpoint import atomic_write
+
+        self.nodes[-1].output[0] = "scores"
+        graph = helper.make_graph(
+            self.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *in_shape])],
+            [helper.make_tensor_value_info("scores", getattr(TensorProto, scores), ["N", classes])], self.inits)
+        opsets = [helper.make_opsetid("", OPSET), *(helper.make_opsetid(d, 1) for d in domains)]
+        proto = helper.make_model(graph, opset_imports=opsets, producer_name="gxnor")
+        proto.doc_string = doc
+        onnx.checker.check_model(proto)
+        data = proto.SerializeToString()
+        atomic_write(Path(path), lambda handle: handle.write(data))
+        return len(data)
+
+
+def export_onnx(payload: dict, path: Path) -> int:
+    """Write the checkpoint ``payload`` as an ONNX model; returns the file size."""
+    require_onnx("onnx")
+    cfg, model = load_trained(payload)
+    g = GraphBuilder()
+    const, node = g.const, g.node
 
     max_value = float(payload["max_value"])
     x = node("Sub", node("Mul", "input", const(2.0 / max_value)), const(1.0))
@@ -76,17 +112,6 @@ def export_onnx(payload: dict, path: Path) -> int:
             count = node("Ceil", node("Div", node("Sub", node("Abs", x), const(steps.window)), const(steps.step)))
             count = node("Clip", count, const(0.0), const(float(steps.levels)))
             x = node("Mul", node("Mul", node("Sign", x), count), const(steps.height))
-    nodes[-1].output[0] = "scores"
-    c, h, w_ = payload["in_shape"]
-    graph = helper.make_graph(
-        nodes, "gxnor",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w_])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", payload["num_classes"]])],
-        inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="gxnor")
-    proto.doc_string = (f"gxnor {cfg.model.arch} W{cfg.quant.weight_states}/A{cfg.quant.act_states}; "
-                        f"input: raw values in [0, {max_value:g}]")
-    onnx.checker.check_model(proto)
-    data = proto.SerializeToString()
-    atomic_write(Path(path), lambda handle: handle.write(data))
-    return len(data)
+    return g.write(path, "gxnor", payload["in_shape"], payload["num_classes"],
+                   f"gxnor {cfg.model.arch} W{cfg.quant.weight_states}/A{cfg.quant.act_states}; "
+                   f"input: raw values in [0, {max_value:g}]")

@@ -22,38 +22,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .onnx_export import GraphBuilder, require_onnx
 
-OPSET = 17
 DOMAIN = "qonnx.custom_op.general"
 
 
 def export_qonnx(payload: dict, path: Path) -> int:
     """Write the checkpoint ``payload`` as a QONNX model; returns the file size."""
-    try:
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
-    except ImportError:
-        raise UserError("--format qonnx needs the onnx package: pip install 'gxnor[onnx]'") from None
-    from .checkpoint import atomic_write
+    require_onnx("qonnx")
+    from onnx import TensorProto
+
     from .engine import PackedModel
     from .export import export_run
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest, _ = export_run(payload, Path(tmp) / "model.gxnor")
         model = PackedModel.load(Path(tmp) / "model.gxnor")
-    nodes, inits = [], []
-    counter = iter(range(1_000_000))
-
-    def const(array, dtype=np.float32) -> str:
-        name = f"c{next(counter)}"
-        inits.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
-        return name
-
-    def node(op: str, *inputs: str, domain: str = "", **attrs) -> str:
-        out = f"t{next(counter)}"
-        nodes.append(helper.make_node(op, list(inputs), [out], domain=domain, **attrs))
-        return out
+    g = GraphBuilder()
+    const, node = g.const, g.node
 
     max_value = float(model.max_value)
     x = node("Sub", node("Mul", "input", const(2.0)), const(max_value))
@@ -93,19 +79,8 @@ def export_qonnx(payload: dict, path: Path) -> int:
             dtype = f"INT{int(np.ceil(np.log2(out['states'])))}"
         x = node("MultiThreshold", x, const(thresholds), domain=DOMAIN, out_dtype=dtype, out_scale=scale,
                  out_bias=bias, data_layout="NCHW" if len(shape) == 4 else "NC")
-    nodes[-1].output[0] = "scores"
-    c, h, w_ = manifest["input"]["shape"]
-    graph = helper.make_graph(
-        nodes, "gxnor_qonnx",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w_])],
-        [helper.make_tensor_value_info("scores", TensorProto.DOUBLE, ["N", manifest["classes"]])],
-        inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-                              producer_name="gxnor")
     src = manifest["source"]
-    proto.doc_string = (f"gxnor {src['arch']} W{src['weight_states']}/A{src['act_states']} as QONNX; "
-                        f"input: raw values in [0, {max_value:g}]; run {src.get('run_id')}")
-    onnx.checker.check_model(proto)
-    data = proto.SerializeToString()
-    atomic_write(Path(path), lambda handle: handle.write(data))
-    return len(data)
+    return g.write(path, "gxnor_qonnx", manifest["input"]["shape"], manifest["classes"],
+                   f"gxnor {src['arch']} W{src['weight_states']}/A{src['act_states']} as QONNX; "
+                   f"input: raw values in [0, {max_value:g}]; run {src.get('run_id')}", scores="DOUBLE",
+                   domains=(DOMAIN,))

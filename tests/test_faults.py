@@ -171,16 +171,23 @@ def test_resume_from_another_directory_and_with_repeated_keys(cli, runs_dir, tmp
     assert run.info.status == "FINISHED" and [m.step for m in history] == [1, 2, 3]
 
 
-def test_a_checkpoint_that_does_not_fit_is_refused_before_the_run_is_touched(cli, runs_dir):
+def tamper(cli, runs_dir, name: str, change) -> str:
+    """Train a tiny run, apply ``change`` to the first int8 state tensor of its checkpoint
+    ``name`` (the result is saved in place) and return the run id."""
     from gxnor_cli import checkpoint
 
     code, out, _ = cli("train", *TINY, "--json")
     run_id = json.loads(out)["run_id"]
-    last = runs_dir / "checkpoints" / run_id / "last.pt"
-    payload = checkpoint.load(last)
+    path = runs_dir / "checkpoints" / run_id / name
+    payload = checkpoint.load(path)
     key = next(k for k, v in payload["model"].items() if v.dtype == torch.int8)
-    payload["model"][key] = payload["model"][key][:1]  # a tensor that no longer fits its layer
-    checkpoint.save(last, {k: v for k, v in payload.items() if k != "format"})
+    payload["model"][key] = change(payload["model"][key])
+    checkpoint.save(path, {k: v for k, v in payload.items() if k != "format"})
+    return run_id
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_before_the_run_is_touched(cli, runs_dir):
+    run_id = tamper(cli, runs_dir, "last.pt", lambda state: state[:1])  # no longer fits its layer
     code, _, err = cli("train", f"trainer.resume={run_id}", "trainer.epochs=3")
     assert code == 2 and "does not describe a gxnor model" in err and len(err.strip().splitlines()) == 1
     (run,) = runs_in_store(runs_dir)
@@ -188,15 +195,12 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_the_run_is_touched(cli
 
 
 def test_states_outside_their_space_are_refused_by_eval_and_export(cli, runs_dir):
-    from gxnor_cli import checkpoint
+    def flip(state):  # a flipped byte: no ternary state
+        state.view(-1)[0] = -2
+        return state
 
-    code, out, _ = cli("train", *TINY, "--json")
-    run_id = json.loads(out)["run_id"]
+    run_id = tamper(cli, runs_dir, "best.pt", flip)
     best = runs_dir / "checkpoints" / run_id / "best.pt"
-    payload = checkpoint.load(best)
-    key = next(k for k, v in payload["model"].items() if v.dtype == torch.int8)
-    payload["model"][key].view(-1)[0] = -2  # a flipped byte: no ternary state
-    checkpoint.save(best, {k: v for k, v in payload.items() if k != "format"})
     for command in ("eval", "export"):
         code, _, err = cli(command, str(best))
         assert code == 2 and "outside the ternary space" in err, err
