@@ -14,6 +14,15 @@ accuracy:
     bnn          binary W + binary A
     multilevel   5-state W + 5-state A
     twn          ternary W + full-precision activations
+    gxnor-init   gxnor-adam started from the float row's trained weights (model.init_from)
+    gxnor-kd     gxnor-adam matching the float row's scores (trainer.teacher: distillation)
+    gxnor-init-kd  both
+    gxnor-w1.5   gxnor-adam with every hidden layer 1.5x wider (model.width=1.5)
+    gxnor-w2     the same, 2x wider
+    gxnor-rms-init  gxnor-rms (no per-weight state) started from the float row's weights
+
+The init and kd rows read the float row's checkpoint from the same --out (train it first);
+their cost is that row's training time on top of their own.
 
     python bench/accuracy.py                          # every row, one after another
     python bench/accuracy.py --jobs 9 trainer.device=cuda    # rows in parallel on one GPU
@@ -33,6 +42,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -49,13 +59,40 @@ ROWS = {
     "bnn": ["quant=bnn"],
     "multilevel": ["quant=multilevel"],
     "twn": ["quant=twn"],
+    "gxnor-init": ["quant=gxnor", "dst=adam", "model.init_from={float}"],
+    "gxnor-kd": ["quant=gxnor", "dst=adam", "trainer.teacher={float}"],
+    "gxnor-init-kd": ["quant=gxnor", "dst=adam", "model.init_from={float}", "trainer.teacher={float}"],
+    "gxnor-w1.5": ["quant=gxnor", "dst=adam", "model.width=1.5"],
+    "gxnor-w2": ["quant=gxnor", "dst=adam", "model.width=2"],
+    "gxnor-rms-init": ["quant=gxnor", "dst=rms", "model.init_from={float}"],
 }
 
 
-def _write(path: Path, payload: dict) -> None:
+def with_teacher(overrides: list[str], out: str) -> list[str]:
+    """``{float}`` in an override -> the float row's selected checkpoint in ``out``."""
+    float_checkpoint = Path(out) / "checkpoints" / "float" / "best.pt"
+    if any("{float}" in o for o in overrides) and not float_checkpoint.is_file():
+        sys.exit(f"accuracy: no {float_checkpoint}; run the float row with the same --out first")
+    return [o.replace("{float}", str(float_checkpoint)) for o in overrides]
+
+
+def write(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     os.replace(tmp, path)
+
+
+def state_bytes_per_weight(trainer) -> float:
+    """Training state kept between steps per weight: int8 states + the DST rule's state, or
+    (float weights) the fp32 weight, its gradient and Adam's m and v."""
+    from gxnor_cli.discrete import discrete_layers
+
+    layers = discrete_layers(trainer.model)
+    if layers:
+        n = sum(layer.num_weights for _, layer in layers)
+        return (sum(layer.state.numel() * layer.state.element_size() for _, layer in layers)
+                + trainer.dst.rule.state_bytes()) / n
+    return 16.0
 
 
 def run_row(name: str, overrides: list[str], out: str, threads: int) -> dict:
@@ -63,20 +100,21 @@ def run_row(name: str, overrides: list[str], out: str, threads: int) -> dict:
     import torch
 
     from gxnor_cli.config import load_config
-    from gxnor_cli.runner import prepare
+    from gxnor_cli.runner import prepare, teacher_of
     from gxnor_cli.train import Trainer, resolve_device
 
     torch.set_num_threads(threads)
     cfg = load_config(overrides)
     device = resolve_device(cfg.trainer.device)
     data, model = prepare(cfg)
-    trainer = Trainer(cfg, model, data, device, Path(out) / "checkpoints" / name)
+    trainer = Trainer(cfg, model, data, device, Path(out) / "checkpoints" / name, teacher=teacher_of(cfg, data))
     record = {"row": name, "overrides": overrides, "device": str(device), "epochs": cfg.trainer.epochs,
               "rule": cfg.dst.rule if cfg.quant.weight_states else "(float weights: Adam)", "history": trainer.history}
     start = time.perf_counter()
-    result = trainer.fit(lambda metrics: _write(Path(out) / f"{name}.json", record))
-    record.update(result, wall_s=time.perf_counter() - start, done=True)
-    _write(Path(out) / f"{name}.json", record)
+    result = trainer.fit(lambda metrics: write(Path(out) / f"{name}.json", record))
+    record.update(result, wall_s=time.perf_counter() - start, done=True,
+                  state_bytes_per_weight=state_bytes_per_weight(trainer))
+    write(Path(out) / f"{name}.json", record)
     return record
 
 
@@ -119,7 +157,8 @@ def table(results: list[dict]) -> str:
     lines = ["| row | config | DST rule | epochs | wall s | val acc | test acc | resting prob | act zero | "
              "weight zero | transition rate (last epoch) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        config = " ".join(o for o in r["overrides"] if not o.startswith(("data.root=", "trainer.device=")))
+        config = " ".join(o for o in r["overrides"] if not o.startswith(("data.root=", "trainer.device=", "trainer.threads=")))
+        config = re.sub(r"\S*/checkpoints/float/best\.pt", "<float row>", config)
         lines.append(f"| {r['row']} | `{config}` | {r['rule']} | {r['epochs']} | {r['wall_s']:.0f} | {r['best_val_acc']:.4f} | "
                      f"{r['test_acc']:.4f} | {r.get('test_resting_prob', 0):.3f} | "
                      f"{r.get('test_act_zero_frac', 0):.3f} | {r.get('test_weight_zero_frac', 0):.3f} | "
@@ -136,7 +175,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra overrides for every row")
     args = parser.parse_args()
     names = pick(parser, args.rows, ROWS, "rows")
-    results = run_rows({n: [f"experiment={args.experiment}", *ROWS[n], *args.overrides] for n in names},
+    results = run_rows({n: with_teacher([f"experiment={args.experiment}", *ROWS[n], *args.overrides], args.out)
+                        for n in names},
                        args.out, args.jobs)
     print()
     print(table(results))

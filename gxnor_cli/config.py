@@ -72,8 +72,12 @@ class ModelConfig:
                                                   "CIFAR net: 1.5)")
     bn_momentum: float = key(0.1, "BatchNorm running-statistics momentum, in (0, 1]")
     bn_eps: float = key(1e-4, "BatchNorm epsilon")
+    width: float = key(1.0, "multiplies the units of every hidden layer (rounded; not the class count)")
+    init_from: Optional[str] = key(None, "run id or checkpoint of a trained net of the same shape to start "
+                                         "from (states: Proj(w / (1.4 mean|w|)) per layer)")
 
     def __post_init__(self):
+        _require(self.width > 0, f"model.width must be > 0; got {self.width}")
         _require(self.padding >= 0, f"model.padding must be >= 0; got {self.padding}")
         _require(self.init_scale > 0, f"model.init_scale must be > 0; got {self.init_scale}")
         _require(self.dense_init_scale is None or self.dense_init_scale > 0,
@@ -182,6 +186,9 @@ class TrainerConfig:
     loss: str = key("squared_hinge", "loss: " + " | ".join(LOSSES))
     threads: Optional[int] = key(None, "torch CPU threads (null: torch's default)")
     resume: Optional[str] = key(None, "run id or last.pt path to continue")
+    teacher: Optional[str] = key(None, "run id or checkpoint of a trained net whose scores the student "
+                                       "matches (distillation)")
+    teacher_weight: float = key(1.0, "alpha of the distillation term: loss + alpha mean((s - s_teacher)^2)")
     out_dir: str = key("runs", "where checkpoints and the default MLflow store live")
 
     def __post_init__(self):
@@ -194,6 +201,7 @@ class TrainerConfig:
         _require(self.loss in LOSSES, f"trainer.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         _require(self.threads is None or self.threads >= 1, f"trainer.threads must be >= 1; got {self.threads}")
         _require(self.devices >= 1, f"trainer.devices must be >= 1; got {self.devices}")
+        _require(self.teacher_weight >= 0, f"trainer.teacher_weight must be >= 0; got {self.teacher_weight}")
 
 
 @dataclass

@@ -11,6 +11,9 @@ class count (a dense output layer).  Every hidden layer is
 
 and the output layer is weights -> BatchNorm -> scores (no activation).  The first layer
 sees the real inputs.  Weights are discrete (int8 states) unless ``weight_states`` is None.
+``model.width`` multiplies the units of every hidden layer (round(units x width), at least 1).
+
+:func:`start_from` initialises a network from a trained one of the same shape (``model.init_from``).
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ def build_model(model: "ModelConfig", quant: "QuantConfig", in_shape: tuple[int,
     initial weights drawn with ``seed``."""
     arch, padding, weight_states, act_states = model.arch, model.padding, quant.weight_states, quant.act_states
     specs = parse_arch(arch)
+    for spec in specs[:-1]:
+        spec.units = max(1, round(spec.units * model.width))
     if specs[-1].units != num_classes:
         raise UserError(f"model.arch {arch!r} ends in {specs[-1].units} classes but the data has {num_classes}")
     generator = torch.Generator().manual_seed(seed)
@@ -128,6 +133,39 @@ def build_model(model: "ModelConfig", quant: "QuantConfig", in_shape: tuple[int,
                                                                     quant.pulse_width, quant.step, quant.float_act)
         blocks.append(Block(weight, norm, act, spec.pool))
     return nn.Sequential(*blocks)
+
+
+#: W0 = Proj(w / (INIT_RATIO mean|w|)): for ternary states a weight is nonzero where
+#: |w| > 0.7 mean|w|, the threshold of ternary weight networks (Li et al. 2016).
+INIT_RATIO = 1.4
+
+
+@torch.no_grad()
+def start_from(model: nn.Sequential, source: nn.Sequential) -> None:
+    """Initialise ``model`` from the trained ``source`` (same layers and shapes).
+
+    Discrete weights of ``model`` start at the nearest states of the source's weights
+    scaled per layer, W0 = Proj(w / (1.4 mean|w|)); float weights and BatchNorm
+    (affine parameters and running statistics) are copied.  The source may be float or
+    discrete of any state count; its discrete weights count by their values.
+    """
+    from .discrete import DiscreteLayer
+
+    if len(model) != len(source):
+        raise UserError(f"model.init_from: that net has {len(source)} layers, this one {len(model)} "
+                        f"(the same model.arch and model.width are needed)")
+    for i, (mine, theirs) in enumerate(zip(model, source)):
+        w = theirs.weight.weight() if isinstance(theirs.weight, DiscreteLayer) else theirs.weight.weight
+        target = mine.weight.state if isinstance(mine.weight, DiscreteLayer) else mine.weight.weight
+        if w.shape != target.shape or type(mine.norm) is not type(theirs.norm):
+            raise UserError(f"model.init_from: layer {i} has weights of shape {tuple(w.shape)} there and "
+                            f"{tuple(target.shape)} here (the same model.arch and model.width are needed)")
+        if isinstance(mine.weight, DiscreteLayer):
+            scale = INIT_RATIO * w.abs().mean().clamp(min=1e-12)
+            target.copy_(mine.weight.space.to_code(w / scale))
+        else:
+            target.copy_(w)
+        mine.norm.load_state_dict(theirs.norm.state_dict())
 
 
 def model_from_config(cfg: "Config", in_shape, num_classes) -> nn.Sequential:

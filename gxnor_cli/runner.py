@@ -19,7 +19,7 @@ from .config import SELECTABLE, Config, ConfigError, flatten, from_dict
 from .data import Dataset, load_data
 from .errors import UserError
 from .evaluate import state_histograms
-from .models import load_trained, model_from_config
+from .models import load_trained, model_from_config, start_from
 from .report import plot_curves, plot_histograms
 from .store import Store
 from .train import Trainer, resolve_device
@@ -63,11 +63,35 @@ def load_resume(cfg: Config, overrides: list[str]) -> tuple[Config, dict, Store]
 
 
 def prepare(cfg: Config) -> tuple[Dataset, torch.nn.Module]:
-    """Data and model for ``cfg``; raises UserError for anything the user can fix."""
+    """Data and model for ``cfg`` (started from ``model.init_from`` when set, unless resuming);
+    raises UserError for anything the user can fix."""
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     data = load_data(cfg.data, cfg.trainer.val_fraction, cfg.trainer.seed)
-    return data, model_from_config(cfg, data.shape, data.num_classes)
+    model = model_from_config(cfg, data.shape, data.num_classes)
+    if cfg.model.init_from and not cfg.trainer.resume:
+        start_from(model, trained_net(cfg, "model.init_from", data))
+    return data, model
+
+
+def teacher_of(cfg: Config, data: Dataset) -> Optional[torch.nn.Module]:
+    """The distillation teacher named by ``trainer.teacher`` (None when unset)."""
+    return trained_net(cfg, "trainer.teacher", data) if cfg.trainer.teacher else None
+
+
+def trained_net(cfg: Config, key: str, data: Dataset) -> torch.nn.Module:
+    """The selected model (best.pt) of the run or checkpoint that setting ``key`` names, in
+    eval mode, checked to take this data's inputs and classes."""
+    section, leaf = key.split(".")
+    ref = getattr(getattr(cfg, section), leaf)
+    payload = checkpoint.load(Store.of_config(cfg).locate_checkpoint(ref, "best.pt"))
+    _, net = load_trained(payload)
+    theirs = (tuple(payload["in_shape"]), payload["num_classes"], payload.get("max_value"))
+    ours = (tuple(data.shape), data.num_classes, data.max_value)
+    if theirs != ours:
+        raise UserError(f"{key}={ref}: that net was trained on inputs {theirs[0]} with {theirs[1]} classes "
+                        f"(scale {theirs[2]}), this data has {ours[0]} with {ours[1]} (scale {ours[2]})")
+    return net
 
 
 def dataset_digest(data: Dataset) -> str:
@@ -114,16 +138,18 @@ def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Opti
         cfg, payload, store = load_resume(cfg, overrides)
     distributed.check_world(cfg, payload, group)
     if group is None and cfg.trainer.devices > 1:
-        data, _ = prepare(cfg)  # files and architecture checked before any rank starts
+        data, _ = prepare(cfg)  # files, architecture and teacher checked before any rank starts
+        teacher_of(cfg, data)
         # the ranks print a line per epoch; the result comes back from rank 0
         return distributed.launch(cfg, overrides, lambda: open_run(cfg, store, data, overrides, payload,
                                                                    parent_id=parent_id, tags=tags))
     device = group.device if group is not None else resolve_device(cfg.trainer.device)
     data, model = prepare(cfg)
     model = distributed.synchronise_norm(model, group, cfg)
+    teacher = teacher_of(cfg, data)
 
     def make_trainer(run_id: str) -> Trainer:
-        trainer = Trainer(cfg, model, data, device, store.checkpoint_dir(run_id), group)
+        trainer = Trainer(cfg, model, data, device, store.checkpoint_dir(run_id), group, teacher)
         trainer.meta.update(run_id=run_id, tracking_uri=store.uri, out_dir=str(store.out_dir))
         return trainer
 

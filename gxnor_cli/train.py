@@ -11,6 +11,11 @@ Loss (paper): squared hinge on one-hot targets t in {-1, +1}:
 
     L = mean_{b, c} max(0, 1 - t_bc s_bc)^2
 
+With a teacher (``trainer.teacher``, a trained net), the student also matches its scores
+s^T on the same batch (logit matching, Ba & Caruana 2014), alpha = ``trainer.teacher_weight``:
+
+    L + alpha mean_{b, c} (s_bc - s^T_bc)^2
+
 Schedule, per epoch e of E (lr_e also scales the BatchNorm lr):
 
     exp:     lr_e = lr (lr_end / lr)^(e / (E - 1))
@@ -127,8 +132,9 @@ class Trainer:
     """Model, data and optimizers of one run; ``fit`` trains, ``state``/``restore`` checkpoint."""
 
     def __init__(self, cfg: Config, model: nn.Module, data: Dataset, device: torch.device, run_dir: Path,
-                 group: Optional["Group"] = None):
+                 group: Optional["Group"] = None, teacher: Optional[nn.Module] = None):
         self.cfg, self.data, self.device, self.run_dir = cfg, data, device, Path(run_dir)
+        self.teacher = teacher.to(device).eval() if teacher is not None else None
         self.group = group  # data parallel: this rank's group (gxnor_cli.distributed), else None
         self.main = group is None or group.main  # the one process that writes checkpoints
         self.model = model.to(device)
@@ -183,6 +189,10 @@ class Trainer:
             self.optimizer.zero_grad()
             scores = self.model(x)
             loss = self.loss(scores, y)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    target = self.teacher(x)
+                loss = loss + cfg.trainer.teacher_weight * (scores - target).square().mean()
             # discrete layers apply their DST step in here
             (loss if group is None else loss * (len(y) / batch)).backward()
             if group is not None:
