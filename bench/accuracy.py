@@ -68,7 +68,7 @@ ROWS = {
 }
 
 
-def with_teacher(overrides: list[str], out: str) -> list[str]:
+def with_float_checkpoint(overrides: list[str], out: str) -> list[str]:
     """``{float}`` in an override -> the float row's selected checkpoint in ``out``."""
     float_checkpoint = Path(out) / "checkpoints" / "float" / "best.pt"
     if any("{float}" in o for o in overrides) and not float_checkpoint.is_file():
@@ -82,17 +82,27 @@ def write(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def latent_state_bytes(weights, moments) -> int:
+    """Bytes kept between steps for float weights: each weight, its gradient and the
+    optimizer's per-weight ``moments`` (Adam: m and v)."""
+    return sum(2 * w.numel() * w.element_size() for w in weights) + sum(t.numel() * t.element_size() for t in moments)
+
+
 def state_bytes_per_weight(trainer) -> float:
     """Training state kept between steps per weight: int8 states + the DST rule's state, or
-    (float weights) the fp32 weight, its gradient and Adam's m and v."""
+    (float weights) what :func:`latent_state_bytes` counts."""
     from gxnor_cli.discrete import discrete_layers
 
     layers = discrete_layers(trainer.model)
     if layers:
         n = sum(layer.num_weights for _, layer in layers)
         return (sum(layer.state.numel() * layer.state.element_size() for _, layer in layers)
-                + trainer.dst.rule.state_bytes()) / n
-    return 16.0
+                + trainer.dst.state_bytes()) / n
+    weights = {id(block.weight.weight): block.weight.weight for block in trainer.model}
+    adam = trainer.optimizer
+    moments = [t for group, ms, vs in zip(adam.param_groups, adam.m, adam.v)
+               for p, m, v in zip(group["params"], ms, vs) if id(p) in weights for t in (m, v)]
+    return latent_state_bytes(weights.values(), moments) / sum(w.numel() for w in weights.values())
 
 
 def run_row(name: str, overrides: list[str], out: str, threads: int) -> dict:
@@ -175,7 +185,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra overrides for every row")
     args = parser.parse_args()
     names = pick(parser, args.rows, ROWS, "rows")
-    results = run_rows({n: with_teacher([f"experiment={args.experiment}", *ROWS[n], *args.overrides], args.out)
+    results = run_rows({n: with_float_checkpoint([f"experiment={args.experiment}", *ROWS[n], *args.overrides], args.out)
                         for n in names},
                        args.out, args.jobs)
     print()

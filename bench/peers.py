@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from accuracy import ROWS, run_row, with_teacher, write  # noqa: E402
+from accuracy import ROWS, latent_state_bytes, run_row, with_float_checkpoint, write  # noqa: E402
 
 BREVITAS_LR = 0.02
 
@@ -138,9 +138,9 @@ def brevitas_row(overrides: list[str], out: str, threads: int) -> dict:
         write(Path(out) / "brevitas.json", record)
     model.load_state_dict(best_state)
     n = sum(w.numel() for w in weights)
-    kept = sum(w.numel() * w.element_size() * 2 for w in weights)  # the weight and its gradient
-    kept += sum(t.numel() * t.element_size() for w in weights for t in optimizer.state[w].values() if t.dim())
-    record.update(test_acc=accuracy(data.test), best_val_acc=best_val, done=True, state_bytes_per_weight=kept / n,
+    moments = [t for w in weights for t in optimizer.state[w].values() if t.dim()]  # Adam's m, v
+    record.update(test_acc=accuracy(data.test), best_val_acc=best_val, done=True,
+                  state_bytes_per_weight=latent_state_bytes(weights, moments) / n,
                   train_time_s=sum(m["epoch_time_s"] for m in record["history"]))
     write(Path(out) / "brevitas.json", record)
     return record
@@ -168,7 +168,7 @@ def main() -> None:
         print("peers: brevitas is not installed (pip install brevitas); nothing to compare", file=sys.stderr)
         sys.exit(0)
     common = ["experiment=fashion_gxnor", f"trainer.seed={args.seed}", *args.overrides]
-    gxnor = with_teacher([common[0], *ROWS[args.row], *common[1:]], args.out)
+    gxnor = with_float_checkpoint([common[0], *ROWS[args.row], *common[1:]], args.out)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     jobs = [(args.row, gxnor, args.out, threads), ("brevitas", common, args.out, threads)]

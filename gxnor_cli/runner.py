@@ -70,20 +70,18 @@ def prepare(cfg: Config) -> tuple[Dataset, torch.nn.Module]:
     data = load_data(cfg.data, cfg.trainer.val_fraction, cfg.trainer.seed)
     model = model_from_config(cfg, data.shape, data.num_classes)
     if cfg.model.init_from and not cfg.trainer.resume:
-        start_from(model, trained_net(cfg, "model.init_from", data))
+        start_from(model, trained_net(cfg, "model.init_from", cfg.model.init_from, data))
     return data, model
 
 
 def teacher_of(cfg: Config, data: Dataset) -> Optional[torch.nn.Module]:
     """The distillation teacher named by ``trainer.teacher`` (None when unset)."""
-    return trained_net(cfg, "trainer.teacher", data) if cfg.trainer.teacher else None
+    return trained_net(cfg, "trainer.teacher", cfg.trainer.teacher, data) if cfg.trainer.teacher else None
 
 
-def trained_net(cfg: Config, key: str, data: Dataset) -> torch.nn.Module:
-    """The selected model (best.pt) of the run or checkpoint that setting ``key`` names, in
-    eval mode, checked to take this data's inputs and classes."""
-    section, leaf = key.split(".")
-    ref = getattr(getattr(cfg, section), leaf)
+def trained_net(cfg: Config, key: str, ref: str, data: Dataset) -> torch.nn.Module:
+    """The selected model (best.pt) of the run or checkpoint ``ref`` (what setting ``key``
+    says), in eval mode, checked to take this data's inputs and classes."""
     payload = checkpoint.load(Store.of_config(cfg).locate_checkpoint(ref, "best.pt"))
     _, net = load_trained(payload)
     theirs = (tuple(payload["in_shape"]), payload["num_classes"], payload.get("max_value"))
