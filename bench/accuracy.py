@@ -20,6 +20,10 @@ accuracy:
     gxnor-w1.5   gxnor-adam with every hidden layer 1.5x wider (model.width=1.5)
     gxnor-w2     the same, 2x wider
     gxnor-rms-init  gxnor-rms (no per-weight state) started from the float row's weights
+    gxnor-hyst   gxnor-adam with dst.transition=hysteresis (an int8 position per weight: the
+                 state changes once the steps add up to half a state) at lr 0.3
+    gxnor-mom8-hyst  the same with mom8 (3 B/weight of training state)
+    gxnor-rms-hyst   the same with rms (its only per-weight state is the position)
 
 The init and kd rows read the float row's checkpoint from the same --out (train it first);
 their cost is that row's training time on top of their own.
@@ -65,6 +69,9 @@ ROWS = {
     "gxnor-w1.5": ["quant=gxnor", "dst=adam", "model.width=1.5"],
     "gxnor-w2": ["quant=gxnor", "dst=adam", "model.width=2"],
     "gxnor-rms-init": ["quant=gxnor", "dst=rms", "model.init_from={float}"],
+    "gxnor-hyst": ["quant=gxnor", "dst=adam", "dst.transition=hysteresis", "optim.lr=0.3"],
+    "gxnor-mom8-hyst": ["quant=gxnor", "dst=mom8", "dst.transition=hysteresis", "optim.lr=0.3"],
+    "gxnor-rms-hyst": ["quant=gxnor", "dst=rms", "dst.transition=hysteresis", "optim.lr=0.03"],
 }
 
 

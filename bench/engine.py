@@ -1,7 +1,8 @@
 """Samples/s of the packed engine vs torch fp32 eval of the same net, side by side.
 
 A ternary digits net is trained for a few epochs (or a checkpoint is given), exported,
-and all run the full test split, interleaved, REPEATS times each (median), with
+and all run the full test split, interleaved, 5 to 51 times each (as many as fit in about
+10 s; median), with
 ``--threads`` threads for torch and for numpy's BLAS alike:
 
     engine       the packed engine, gemm kernel (exact integer sums of the codes through BLAS)
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPEATS = 5
+REPEATS, MAX_REPEATS, BUDGET_S = 5, 51, 10.0  # rounds: at least 5, more while they take < 10 s in all
 
 
 def plain_torch(model: torch.nn.Module) -> torch.nn.Module:
@@ -93,9 +94,12 @@ def main() -> None:
         runs = {"engine": lambda: engine.predict(images.numpy()), "engine-xnor": lambda: xnor.predict(images.numpy()),
                 "torch-fp32": lambda: predict_torch(model, images, data.max_value),
                 "torch-int8": lambda: predict_torch(int8, images, data.max_value)}
+        start = time.perf_counter()
         outputs = {name: fn() for name, fn in runs.items()}  # warm-up
+        round_s = time.perf_counter() - start
+        repeats = max(REPEATS, min(MAX_REPEATS, int(BUDGET_S / round_s)))  # tiny nets: more rounds
         times = {name: [] for name in runs}
-        for _ in range(REPEATS):
+        for _ in range(repeats):
             for name, fn in runs.items():
                 start = time.perf_counter()
                 fn()
@@ -112,7 +116,7 @@ def main() -> None:
     pairs, opened = sum(r["pairs"] for r in table[1:]), sum(r["gates_opened"] for r in table[1:])
     resting = 1 - opened / pairs
     print(f"{src['data']} test split ({n} samples), {src['arch']}, W{src['weight_states']}/A{src['act_states']}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, {len(times['engine'])} rounds")
     for name, r in rate.items():
         print(f"{name:<12}{r:>12,.0f} samples/s")
     print(f"predictions identical on every sample: {agree}; measured resting probability {resting:.4f}; "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .discrete.activation import FLOAT_ACTIVATIONS, PULSES
-from .discrete.dst import RULES, settings_of
+from .discrete.dst import RULES, TRANSITIONS, settings_of
 from .discrete.space import check_states
 from .errors import UserError
 
@@ -120,7 +120,10 @@ def _dst_schema() -> type:
     settings from the section, so a bad value is refused whichever rule is chosen.
     """
     fields = [("rule", str, key("adam", "how dW is proposed: " + " | ".join(RULES))),
-              ("m", float, key(3.0, "nonlinear factor of the transition probability tanh(m |nu| / dz)"))]
+              ("m", float, key(3.0, "nonlinear factor of the transition probability tanh(m |nu| / dz)")),
+              ("transition", str, key("stochastic", "how states move: stochastic (the method: probability "
+                                      "tanh(m |nu| / dz)) | hysteresis (an int8 position per weight; the "
+                                      "state changes once the steps add up to half a state)"))]
     seen: dict[str, Any] = {}
     for rule in RULES.values():
         hints = typing.get_type_hints(rule.Settings)
@@ -134,6 +137,8 @@ def _dst_schema() -> type:
     def __post_init__(self):
         _require(self.rule in RULES, f"dst.rule must be one of {', '.join(RULES)}; got {self.rule!r}")
         _require(self.m > 0, f"dst.m must be > 0; got {self.m}")
+        _require(self.transition in TRANSITIONS,
+                 f"dst.transition must be one of {', '.join(TRANSITIONS)}; got {self.transition!r}")
         for name in RULES:
             try:
                 RULES[name].Settings(**rule_settings(self, name))
@@ -150,6 +155,12 @@ DSTConfig = _dst_schema()
 def rule_settings(section: Any, rule: Optional[str] = None) -> dict[str, Any]:
     """The keys of a dst section that ``rule`` (default: its own rule) reads."""
     return {name: getattr(section, name) for name in settings_of(rule or section.rule)}
+
+
+def dst_keys_read(section: Any) -> set[str]:
+    """The keys of a dst section that have an effect: rule, transition, m (stochastic
+    transitions only) and the rule's settings."""
+    return {"rule", "transition", *(["m"] if section.transition == "stochastic" else []), *settings_of(section.rule)}
 
 
 @dataclass
@@ -379,19 +390,19 @@ def load_config(overrides: Optional[list[str]] = None, config_dir: Optional[Path
     """
     overrides = list(overrides or [])
     cfg = compose(overrides, config_dir)
-    read = {"rule", "m", *settings_of(cfg.dst.rule)}
+    read = dst_keys_read(cfg.dst)
     for text in overrides:
         name = text.split("=", 1)[0]
         if name.startswith("dst.") and name[4:] not in read:
-            raise ConfigError(f"{name} has no effect with dst.rule={cfg.dst.rule} (it reads: "
-                              f"{', '.join(sorted(read - {'rule'}))})")
+            raise ConfigError(f"{name} has no effect with dst.rule={cfg.dst.rule} "
+                              f"dst.transition={cfg.dst.transition} (read: {', '.join(sorted(read - {'rule'}))})")
     return cfg
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
     """{'quant.window': 0.5, ...}: the config as dotted keys (MLflow params); of the dst keys,
     only those its rule reads."""
-    read = {"rule", "m", *settings_of(cfg.dst.rule)}
+    read = dst_keys_read(cfg.dst)
     return {f"{section}.{name}": value for section, values in cfg.to_dict().items() for name, value in values.items()
             if section != "dst" or name in read}
 

@@ -23,6 +23,8 @@ probability 1 - opened / pairs, and the 64-bit popcount words processed.
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +68,7 @@ KERNELS = ("gemm", "xnor")
 @dataclass
 class Layer:
     spec: dict
-    codes: np.ndarray  # weight codes (O, features) int8
+    codes: np.ndarray  # weight codes (O, features) int8, features in the manifest's (C, k, k) order
     flip: np.ndarray = None
     hi: np.ndarray = None
     lo: np.ndarray = None
@@ -180,8 +182,18 @@ def validate(manifest: dict, blobs: dict[str, np.ndarray]) -> None:
         raise packed.PackedError(f"invalid packed model: missing or malformed manifest entry ({err!r})") from None
 
 
+@functools.cache
+def _blas():
+    """numpy's BLAS thread pools, looked up once (a lookup costs about half a millisecond)."""
+    from threadpoolctl import ThreadpoolController  # ships with scikit-learn
+
+    return ThreadpoolController()
+
+
 class PackedModel:
     """A packed model loaded for inference (its manifest validated first)."""
+
+    MIN_SHARE = 128  # images a thread must get before threads pay off
 
     def __init__(self, manifest: dict, blobs: dict[str, np.ndarray], kernel: str = "gemm"):
         validate(manifest, blobs)
@@ -190,6 +202,7 @@ class PackedModel:
         self.manifest, self.kernel = manifest, kernel
         self.measure = True  # count pairs and opened gates (False: inference only)
         self.threads = 1  # batches run in this many threads when not measuring
+        self._pool = None  # (threads, the threads' pool), made on first use
         self.max_value = manifest["input"]["max_value"]
         self.layers: list[Layer] = []
         for spec in manifest["layers"]:
@@ -210,10 +223,13 @@ class PackedModel:
             in_max = self.max_value if spec["input"]["kind"] == "real" else spec["input"]["codes"][-1]
             exact32 = codes.shape[1] * int(np.abs(codes).max(initial=0)) * in_max < 2**24
             layer.dtype = np.float32 if exact32 else np.float64
-            layer.weights_t = codes.T.astype(layer.dtype)
-            layer.nz_w_count = (codes != 0).sum(0).astype(np.float64)
+            rows = codes  # the weights in the order of the input rows: (k, k, C) for a convolution
+            if spec["kind"] == "conv":
+                rows = codes.reshape(w["shape"]).transpose(0, 2, 3, 1).reshape(codes.shape[0], -1)
+            layer.weights_t = np.ascontiguousarray(rows, dtype=layer.dtype).T  # BLAS reads it transposed: faster
+            layer.nz_w_count = (rows != 0).sum(0).astype(np.float64)
             if layer.gated:
-                layer.sign_w, layer.nz_w = pack_rows(codes > 0), pack_rows(codes != 0)
+                layer.sign_w, layer.nz_w = pack_rows(rows > 0), pack_rows(rows != 0)
             self.layers.append(layer)
 
     @classmethod
@@ -223,12 +239,14 @@ class PackedModel:
     # -- one layer ---------------------------------------------------------------
     @staticmethod
     def _patches(x: np.ndarray, kernel: int, padding: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """(B, H, W, C) channels-last -> (B * Ho * Wo, C * k * k) rows in the weights' (C, k, k) order."""
+        """(B, H, W, C) channels-last -> (B * Ho * Wo, k * k * C) rows, features in (k, k, C)
+        order: the copy then moves runs of C contiguous values (the weights are permuted to match
+        at load)."""
         if padding:
             x = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
         windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(1, 2))
         b, ho, wo = windows.shape[:3]  # windows: (B, Ho, Wo, C, k, k)
-        return windows.reshape(b * ho * wo, -1), (ho, wo)
+        return windows.transpose(0, 1, 2, 4, 5, 3).reshape(b * ho * wo, -1), (ho, wo)
 
     def _accumulate(self, layer: Layer, rows: np.ndarray) -> np.ndarray:
         """A = rows @ codes^T as int64, counting events."""
@@ -300,22 +318,21 @@ class PackedModel:
         return x
 
     def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Predicted classes; with ``threads`` > 1 (no event counting, at least 512 images a
-        thread) the batches run in that many threads, BLAS one thread each (numpy releases the
-        GIL in its kernels)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from threadpoolctl import threadpool_limits  # ships with scikit-learn
-
-        if self.measure or self.threads <= 1:
+        """Predicted classes; with ``threads`` > 1 (no event counting, at least ``MIN_SHARE``
+        images a thread) the images are split in that many shares run in threads of one pool
+        kept by the model, BLAS one thread each (numpy releases the GIL in its kernels)."""
+        threads = min(self.threads, len(images) // self.MIN_SHARE)
+        if self.measure or threads <= 1:
             return np.concatenate([self.scores(images[i:i + batch_size]).argmax(1)
                                    for i in range(0, len(images), batch_size)])
-        # threads pay off on real batches only: a few hundred tiny images run faster in one
-        threads = self.threads if len(images) >= 512 * self.threads else 1
-        size = max(1, min(batch_size, -(-len(images) // threads)))  # every thread gets a share
+        if self._pool is None or self._pool[0] != threads:
+            if self._pool is not None:
+                self._pool[1].shutdown(wait=False)
+            self._pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="gxnor-engine"))
+        size = min(batch_size, -(-len(images) // threads))  # every thread gets a share
         batches = [images[i:i + size] for i in range(0, len(images), size)]
-        with threadpool_limits(1), ThreadPoolExecutor(threads) as pool:
-            return np.concatenate([s.argmax(1) for s in pool.map(self.scores, batches)])
+        with _blas().limit(limits=1):
+            return np.concatenate([s.argmax(1) for s in self._pool[1].map(self.scores, batches)])
 
     def reset_events(self) -> None:
         for layer in self.layers:

@@ -143,7 +143,7 @@ class Trainer:
         self.dst = None
         if discrete_layers(model):
             self.dst = DST(model, rule=cfg.dst.rule, lr=cfg.optim.lr, m=cfg.dst.m, seed=cfg.trainer.seed,
-                           reduce=group, **rule_settings(cfg.dst))
+                           reduce=group, transition=cfg.dst.transition, **rule_settings(cfg.dst))
         # discrete layers have no parameters: what is left is BatchNorm and any float weights
         norm_params, float_params = [], []
         for name, param in model.named_parameters():

@@ -32,6 +32,10 @@ def test_defaults_compose_into_typed_config():
     (["experiment=fashion_gxnor", "dst=mom8"], lambda c: c.dst.rule == "mom8" and c.dst.beta1 == 0.99),
     (["trainer.batch_size=64", "experiment=fashion_gxnor"], lambda c: c.trainer.batch_size == 64),
     (["experiment=fashion_gxnor", "data=digits"], lambda c: c.data.name == "digits" and c.dst.beta1 == 0.99),
+    # an experiment built on another keeps its keys and adds its own
+    (["experiment=fashion_hysteresis"], lambda c: (c.data.name, c.dst.rule, c.dst.beta1, c.dst.transition,
+                                                   c.optim.lr) == ("fashion_mnist", "mom8", 0.99, "hysteresis", 0.3)),
+    (["experiment=fashion_hysteresis", "dst=adam"], lambda c: (c.dst.rule, c.dst.transition) == ("adam", "hysteresis")),
 ])
 def test_groups_and_keys(overrides, check):
     assert check(load_config(overrides))
@@ -52,7 +56,7 @@ def test_groups_and_keys(overrides, check):
     ("dst.m=0", "dst.m"),
     ("data=imagenet", "unknown data option 'imagenet'"),
     ("quant=ternaryish", "available: bnn, float, gxnor, multilevel, twn"),
-    ("experiment=mnist_best", "unknown experiment option 'mnist_best'; available: fashion_gxnor"),
+    ("experiment=mnist_best", "unknown experiment option 'mnist_best'; available: fashion_gxnor, fashion_hysteresis"),
     ("dst.mom8_range=0", "dst.mom8_range must be > 0"),
     ("optim.bn_lr=1e38", "optim.bn_lr must be in (0, 10000]"),
     ("optim.lr_end=1", "must not exceed optim.lr"),

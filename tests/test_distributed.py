@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 from conftest import TINY, runs_in_store
 
-RULES = ["adam", "sgd", "rms", "mom8"]
+RULES = ["adam", "sgd", "rms", "mom8", "rms dst.transition=hysteresis"]  # a rule, then any dst keys
 SMALL = ["model.arch=8C3-MP2-32FC-10", "data.limit=200", "trainer.batch_size=40", "trainer.epochs=2",
          "trainer.threads=1"]
 
@@ -52,7 +52,8 @@ def train_states(rule: str, tmp: str, overrides: list[str], group=None, diverge:
     from gxnor_cli.runner import prepare
     from gxnor_cli.train import Trainer
 
-    cfg = load_config([*SMALL, f"dst={rule}", *overrides])
+    name, *keys = rule.split()
+    cfg = load_config([*SMALL, f"dst={name}", *keys, *overrides])
     data, model = prepare(cfg)
     frozen_norm(model)
     trainer = Trainer(cfg, model, data, torch.device("cpu"), Path(tmp) / f"rank{group.rank if group else 0}", group)

@@ -81,6 +81,8 @@ def test_engine_predicts_exactly_like_torch(cli, runs_dir, tmp_path, quant):
     want = predict_torch(model, data.test.images, data.max_value)
     got = engine.predict(data.test.images.numpy())
     assert np.array_equal(got, want)  # every test sample, not just the accuracy
+    engine.measure, engine.threads = False, 2  # two shares of the test images in the model's thread pool
+    assert np.array_equal(engine.predict(data.test.images.numpy()), want)
     reference = PackedModel.load(tmp_path / "m.gxnor", kernel="xnor")  # gated XNOR on bit planes
     assert np.array_equal(reference.scores(data.test.images.numpy()), engine.scores(data.test.images.numpy()))
     states = payload["config"]["quant"]["weight_states"]

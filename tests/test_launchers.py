@@ -40,7 +40,7 @@ def test_a_grid_runs_to_finished_children_and_a_failed_or_killed_trial_does_not_
     victim = wait_for(lambda: next((r for r in children(runs) if r.info.status == "RUNNING"
                                     and r.data.params.get("optim.bn_lr") == "0.02"
                                     and r.data.params.get("trainer.device") == "cpu"), None),
-                      what="a running trial")
+                      timeout=300, what="a running trial")  # a loaded machine starts ray slowly
     os.kill(int(victim.data.tags["gxnor.pid"]), signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "Traceback" not in err, err

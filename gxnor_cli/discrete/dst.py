@@ -11,6 +11,10 @@ One step, for every discrete weight W with proposed real increment dW (method.md
 so W is always a state of its space and never moves against dW.  With m > 1 the rule
 is biased toward moving; it is not unbiased stochastic rounding.
 
+``transition="hysteresis"`` (ours, :func:`hysteresis`) replaces the draw: each weight keeps
+an int8 position inside its state, the increments add up there, and the state changes
+when the sum crosses the midpoint to a neighbouring state (1 more byte per weight).
+
 dW comes from a *step rule*, chosen by name:
 
     adam   dW = -lr_t m / (sqrt(v) + eps), Adam moments m, v per weight, lr_t with
@@ -64,6 +68,42 @@ def transition(code: torch.Tensor, dw: torch.Tensor, space: Space, m: float,
     if space.code_step != 1:
         delta.mul_(space.code_step)
     return delta.add_(code).clamp_(-space.max_code, space.max_code).to(torch.int8)
+
+
+POSITION_STEPS = 254  # hysteresis: int8 positions -127..127 span one state interval
+
+
+def hysteresis(code: torch.Tensor, position: torch.Tensor, dw: torch.Tensor, space: Space,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """New codes after one hysteresis step; ``position`` (int8, same shape) is updated in place.
+
+    A weight keeps, beside its state (index n = 0 .. states - 1), a position p in -127..127:
+    how far it has gone toward a neighbouring state, in units of dz / 254.  Its value in
+    units of dz is y = n + p / 254, inside [n - 1/2, n + 1/2].  One step:
+
+        y  <- clip(n + p / 254 + dW / dz, 0, states - 1)
+        n' =  round(y)                                the nearest state
+        p' =  round_s(254 (y - n'))                   stochastic rounding, E[p'] = 254 (y - n')
+
+    so E[y'] = y + dW / dz away from the clip: the state changes only once the increments
+    have added up to the midpoint between two states, and a weight whose dW is noise around
+    zero stays where it is, where the stochastic transition moves it with probability
+    ~ m |dW| / dz at every step.  One int8 per weight; the clip keeps the extreme states'
+    positions on their inner half, as latent weights clipped to [-1, 1] are kept.
+    ``dw`` is used as scratch space.
+    """
+    y = dw.mul_(1.0 / space.dz).add_(position.to(dw.dtype), alpha=1.0 / POSITION_STEPS)
+    y.add_(space.to_index(code).to(dw.dtype)).clamp_(0, space.states - 1)
+    index = torch.round(y)
+    u = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    p = y.sub_(index).mul_(POSITION_STEPS).add_(u).floor_().clamp_(-127, 127)
+    position.copy_(p.to(torch.int8))
+    return space.from_index(index.to(torch.uint8))
+
+
+#: How states move, by name: the method's stochastic transition (probability tanh(m |nu| / dz))
+#: or hysteresis (an int8 position per weight; the state changes once the steps add up).
+TRANSITIONS = ("stochastic", "hysteresis")
 
 
 class StepRule:
@@ -345,9 +385,13 @@ class DST:
     """
 
     def __init__(self, model: nn.Module, rule: str = "adam", lr: float = 0.01, m: float = 3.0,
-                 seed: int = 0, reduce: Optional[Any] = None, **settings):
+                 seed: int = 0, reduce: Optional[Any] = None, transition: str = "stochastic", **settings):
         if m <= 0:
             raise ValueError(f"nonlinear factor m must be > 0, got {m}")
+        if transition not in TRANSITIONS:
+            raise ValueError(f"unknown transition {transition!r}; choose one of {', '.join(TRANSITIONS)}")
+        self.transition = transition
+        self.positions: dict[str, torch.Tensor] = {}  # hysteresis: int8 position per weight
         self.layers = discrete_layers(model)
         if not self.layers:
             raise ValueError("the model has no discrete layers to train with DST")
@@ -386,7 +430,12 @@ class DST:
             grad = self.reduce.sum_(grad)
         dw = self.rule.propose(name, layer, rows, grad)
         block = layer.state[rows]
-        new = transition(block, dw, layer.space, self.m, self.generator)
+        if self.transition == "hysteresis":
+            if name not in self.positions:  # every weight starts at the centre of its state
+                self.positions[name] = torch.zeros_like(layer.state)
+            new = hysteresis(block, self.positions[name][rows], dw, layer.space, self.generator)
+        else:
+            new = transition(block, dw, layer.space, self.m, self.generator)
         self._changed[name] += (new != block).sum()
         block.copy_(new)
 
@@ -402,10 +451,14 @@ class DST:
         return rates
 
     def state_bytes(self) -> int:
-        return self.rule.state_bytes()
+        """Bytes of training state kept between steps beside the states: the rule's, and the
+        hysteresis positions (one byte per weight)."""
+        positions = sum(layer.num_weights for _, layer in self.layers) if self.transition == "hysteresis" else 0
+        return self.rule.state_bytes() + positions
 
     def state_dict(self) -> dict:
-        return {"rule": self.rule.state_dict(), "lr": self.rule.lr, "generator": self.generator.get_state()}
+        return {"rule": self.rule.state_dict(), "lr": self.rule.lr, "generator": self.generator.get_state(),
+                "positions": dict(self.positions)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state_dict (checkpoints load on the CPU: tensors move to the layers' device)."""
@@ -419,5 +472,6 @@ class DST:
             return obj
 
         self.rule.load_state_dict(to_device(state["rule"]))
+        self.positions = to_device(dict(state.get("positions", {})))
         self.rule.lr = state["lr"]
         self.generator.set_state(state["generator"].cpu())
