@@ -390,11 +390,12 @@ class DST:
             raise ValueError(f"nonlinear factor m must be > 0, got {m}")
         if transition not in TRANSITIONS:
             raise ValueError(f"unknown transition {transition!r}; choose one of {', '.join(TRANSITIONS)}")
-        self.transition = transition
-        self.positions: dict[str, torch.Tensor] = {}  # hysteresis: int8 position per weight
         self.layers = discrete_layers(model)
         if not self.layers:
             raise ValueError("the model has no discrete layers to train with DST")
+        # hysteresis: an int8 position per weight, every weight starting at the centre of its state
+        self.positions = ({name: torch.zeros_like(layer.state) for name, layer in self.layers}
+                          if transition == "hysteresis" else {})
         self.names = {id(layer): name for name, layer in self.layers}
         self.m = m
         device = self.layers[0][1].state.device
@@ -430,9 +431,7 @@ class DST:
             grad = self.reduce.sum_(grad)
         dw = self.rule.propose(name, layer, rows, grad)
         block = layer.state[rows]
-        if self.transition == "hysteresis":
-            if name not in self.positions:  # every weight starts at the centre of its state
-                self.positions[name] = torch.zeros_like(layer.state)
+        if self.positions:
             new = hysteresis(block, self.positions[name][rows], dw, layer.space, self.generator)
         else:
             new = transition(block, dw, layer.space, self.m, self.generator)
@@ -453,8 +452,7 @@ class DST:
     def state_bytes(self) -> int:
         """Bytes of training state kept between steps beside the states: the rule's, and the
         hysteresis positions (one byte per weight)."""
-        positions = sum(layer.num_weights for _, layer in self.layers) if self.transition == "hysteresis" else 0
-        return self.rule.state_bytes() + positions
+        return self.rule.state_bytes() + sum(p.numel() for p in self.positions.values())
 
     def state_dict(self) -> dict:
         return {"rule": self.rule.state_dict(), "lr": self.rule.lr, "generator": self.generator.get_state(),
@@ -472,6 +470,6 @@ class DST:
             return obj
 
         self.rule.load_state_dict(to_device(state["rule"]))
-        self.positions = to_device(dict(state.get("positions", {})))
+        self.positions.update(to_device(dict(state.get("positions", {}))))
         self.rule.lr = state["lr"]
         self.generator.set_state(state["generator"].cpu())
