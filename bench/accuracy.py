@@ -24,6 +24,7 @@ accuracy:
                  state changes once the steps add up to half a state) at lr 0.3
     gxnor-mom8-hyst  the same with mom8 (3 B/weight of training state)
     gxnor-rms-hyst   the same with rms (its only per-weight state is the position)
+    gxnor-mom8-hyst-init  gxnor-mom8-hyst started from the float row's trained weights
 
 The init and kd rows read the float row's checkpoint from the same --out (train it first);
 their cost is that row's training time on top of their own.
@@ -72,6 +73,8 @@ ROWS = {
     "gxnor-hyst": ["quant=gxnor", "dst=adam", "dst.transition=hysteresis", "optim.lr=0.3"],
     "gxnor-mom8-hyst": ["quant=gxnor", "dst=mom8", "dst.transition=hysteresis", "optim.lr=0.3"],
     "gxnor-rms-hyst": ["quant=gxnor", "dst=rms", "dst.transition=hysteresis", "optim.lr=0.03"],
+    "gxnor-mom8-hyst-init": ["quant=gxnor", "dst=mom8", "dst.transition=hysteresis", "optim.lr=0.3",
+                             "model.init_from={float}"],
 }
 
 
@@ -175,7 +178,7 @@ def table(results: list[dict]) -> str:
              "weight zero | transition rate (last epoch) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         config = " ".join(o for o in r["overrides"] if not o.startswith(("data.root=", "trainer.device=", "trainer.threads=")))
-        config = re.sub(r"\S*/checkpoints/float/best\.pt", "<float row>", config)
+        config = re.sub(r"=\S*/checkpoints/float/best\.pt", "=<float row>", config)
         lines.append(f"| {r['row']} | `{config}` | {r['rule']} | {r['epochs']} | {r['wall_s']:.0f} | {r['best_val_acc']:.4f} | "
                      f"{r['test_acc']:.4f} | {r.get('test_resting_prob', 0):.3f} | "
                      f"{r.get('test_act_zero_frac', 0):.3f} | {r.get('test_weight_zero_frac', 0):.3f} | "
