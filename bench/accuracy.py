@@ -120,14 +120,15 @@ def run_row(name: str, overrides: list[str], out: str, threads: int) -> dict:
     import torch
 
     from gxnor_cli.config import load_config
-    from gxnor_cli.runner import prepare, teacher_of
-    from gxnor_cli.train import Trainer, resolve_device
+    from gxnor_cli.training.run import prepare, teacher_of
+    from gxnor_cli.training.loop import Trainer
+    from gxnor_cli.training.group import Solo, resolve_device
 
     torch.set_num_threads(threads)
     cfg = load_config(overrides)
     device = resolve_device(cfg.trainer.device)
     data, model = prepare(cfg)
-    trainer = Trainer(cfg, model, data, device, Path(out) / "checkpoints" / name, teacher=teacher_of(cfg, data))
+    trainer = Trainer(cfg, model, data, Solo(device), teacher=teacher_of(cfg, data), run_dir=Path(out) / "checkpoints" / name)
     record = {"row": name, "overrides": overrides, "device": str(device), "epochs": cfg.trainer.epochs,
               "rule": cfg.dst.rule if cfg.quant.weight_states else "(float weights: Adam)", "history": trainer.history}
     start = time.perf_counter()

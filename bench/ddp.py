@@ -39,11 +39,14 @@ def train(args, group=None) -> tuple[dict, float, float]:
 
     from gxnor_cli.config import load_config
     from gxnor_cli.discrete import discrete_layers
-    from gxnor_cli.runner import prepare
-    from gxnor_cli.train import Trainer
+    from gxnor_cli.training.run import prepare
+    from gxnor_cli.training.group import Solo
+    from gxnor_cli.training.loop import Trainer
 
     spent = [0.0]
-    if group is not None:
+    if group is None:
+        group = Solo(torch.device("cpu"))
+    else:
         for name in ("sum_", "gather_rows"):
             call = getattr(group, name)
 
@@ -58,7 +61,7 @@ def train(args, group=None) -> tuple[dict, float, float]:
     data, model = prepare(cfg)
     frozen_norm(model)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, model, data, torch.device("cpu"), Path(tmp), group)
+        trainer = Trainer(cfg, model, data, group, run_dir=Path(tmp))
         start = time.perf_counter()
         trainer.fit()
         seconds = time.perf_counter() - start
@@ -68,10 +71,10 @@ def train(args, group=None) -> tuple[dict, float, float]:
 def rank_main(rank: int, port: int, args, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from gxnor_cli import distributed
+    from gxnor_cli.training import group as distributed
 
     torch.set_num_threads(1)
-    group = distributed.current("cpu")
+    group = distributed.join("cpu")
     states, seconds, spent = train(args, group)
     torch.save({"states": states, "seconds": seconds, "collective": spent}, Path(out) / f"rank{rank}.pt")
     distributed.leave()

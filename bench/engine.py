@@ -68,11 +68,13 @@ def main() -> None:
 
     from gxnor_cli import checkpoint
     from gxnor_cli.config import load_config
-    from gxnor_cli.engine import PackedModel
-    from gxnor_cli.evaluate import packed_data
-    from gxnor_cli.export import export_run, packed_weight_bytes, predict_torch
-    from gxnor_cli.runner import prepare
-    from gxnor_cli.train import Trainer
+    from gxnor_cli.deploy.engine import PackedModel
+    from gxnor_cli.runs import packed_data
+    from gxnor_cli.deploy.fold import export_run, predict_torch
+    from gxnor_cli.deploy.packed import packed_weight_bytes
+    from gxnor_cli.training.run import prepare
+    from gxnor_cli.training.group import Solo
+    from gxnor_cli.training.loop import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoint:
@@ -80,7 +82,7 @@ def main() -> None:
         else:
             cfg = load_config(["trainer.epochs=5"])
             data, model = prepare(cfg)
-            Trainer(cfg, model, data, torch.device("cpu"), Path(tmp)).fit()
+            Trainer(cfg, model, data, Solo(torch.device("cpu")), run_dir=Path(tmp)).fit()
             ckpt = Path(tmp) / "best.pt"
         payload = checkpoint.load(ckpt)
         manifest, model = export_run(payload, Path(tmp) / "model.gxnor")

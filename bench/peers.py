@@ -95,7 +95,7 @@ def brevitas_row(overrides: list[str], out: str, threads: int) -> dict:
 
     from gxnor_cli.config import load_config
     from gxnor_cli.data import batches, load_data
-    from gxnor_cli.train import lr_at, squared_hinge
+    from gxnor_cli.training.loop import lr_at, squared_hinge
 
     torch.set_num_threads(threads)
     cfg = load_config(overrides)

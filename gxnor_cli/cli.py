@@ -13,12 +13,13 @@ import traceback
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 
 from . import __version__
-from .report import epoch_line
+from .errors import RunFailed, UserError
+from .tracking import Store
+from .tracking.report import epoch_line, table
 
 def config_help() -> str:
     """Every group option and key, generated from the config schema (gxnor_cli/config.py)."""
@@ -46,20 +47,11 @@ out = Console() if sys.stdout.isatty() else Console(width=160)  # pipes and logs
 
 def fail(message: str) -> None:
     """A user error: main() prints it as one line on stderr and exits 2."""
-    from .errors import UserError
-
     raise UserError(message)
 
 
-def _checkpoint(ref: str, out_dir: str, uri: Optional[str] = None) -> tuple[Path, dict]:
-    """(path, payload) of the best checkpoint of a run id (or prefix), run directory or checkpoint file."""
-    from . import checkpoint
-    from .store import Store
-
-    if _is_packed(ref):
-        fail(f"{ref} is an exported packed model: use gxnor eval --engine packed {ref}")
-    path = Store.of(uri, out_dir).locate_checkpoint(ref, "best.pt")
-    return path, checkpoint.load(path)
+def store_of(uri: Optional[str], out_dir: str) -> Store:
+    return Store.of(uri, out_dir)
 
 
 class EpochProgress:
@@ -119,14 +111,14 @@ def train(
       gxnor train quant=multilevel quant.window=0.25 dst=rms
     """
     from .config import load_config
-    from .runner import train_run
+    from .training import Hooks, train as train_run
 
     overrides = list(overrides or [])
     cfg = load_config(overrides, config_dir)
     progress = EpochProgress()
     try:
-        result = train_run(cfg, overrides, on_epoch=progress.update, on_start=progress.start,
-                           tags={"gxnor.command": "train"}, on_batch=progress.batch)
+        result = train_run(cfg, overrides, Hooks(progress.start, progress.update, progress.batch),
+                           tags={"gxnor.command": "train"})
     finally:
         progress.stop()
     if result.get("rank", 0) != 0:  # torchrun: rank 0 reports
@@ -134,8 +126,6 @@ def train(
     if json_out:
         print(json.dumps(result, indent=1))
         return
-    from .report import table
-
     keys = ["test_acc", "best_val_acc", "best_epoch", "test_resting_prob", "test_act_zero_frac",
             "test_weight_zero_frac"]
     table("result", ["metric", "value"], [(k, result[k]) for k in keys if k in result], out)
@@ -162,28 +152,22 @@ def evaluate_cmd(
 
     With --engine packed, RUN is an exported file and the numpy gated-XNOR engine runs it,
     reporting its measured events per layer."""
-    from .evaluate import evaluate_packed, evaluate_run
-    from .report import table
+    from .runs import evaluate
 
     if split not in ("train", "val", "test"):
         fail(f"--split must be train, val or test; got {split!r}")
     if engine not in ("torch", "packed"):
         fail(f"--engine must be torch or packed; got {engine!r}")
+    if kernel not in ("gemm", "xnor"):
+        fail(f"--kernel must be gemm or xnor; got {kernel!r}")
     if predictions is not None and (predictions.is_dir() or not predictions.parent.is_dir()):
         fail(f"--predictions {predictions}: give a file in an existing directory")
+    result = evaluate(run, store_of(uri, out_dir), split, engine, kernel, data_root, batch_size, predictions)
     if engine == "packed":
-        from .engine import PackedModel
-
-        if kernel not in ("gemm", "xnor"):
-            fail(f"--kernel must be gemm or xnor; got {kernel!r}")
-        result = {"export": run, **evaluate_packed(PackedModel.load(Path(run), kernel), split, data_root, batch_size,
-                                                   predictions)}
         title, cols = (f"packed engine on the {split} split of {result['data']} ({result['samples']} samples)",
                        ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob",
                         "popcount_words"])
     else:
-        _, payload = _checkpoint(run, out_dir, uri)
-        result = {"run": run, **evaluate_run(payload, split, data_root, batch_size, predictions)}
         title, cols = (f"{split} split of {result['data']} ({result['samples']} samples)",
                        ["layer", "states", "weights", "weight_zero_frac", "act_zero_frac", "resting_prob"])
     if json_out:
@@ -192,16 +176,6 @@ def evaluate_cmd(
     table(title, ["metric", "value"], [(k, v) for k, v in result.items() if isinstance(v, float)], out)
     table("per layer (resting_prob above: the layers after the first, which sees real inputs)", cols,
           [[row.get(c) for c in cols] for row in result["layers"]], out)
-
-
-def _is_packed(path: str) -> bool:
-    from .packed import MAGIC
-
-    p = Path(path)
-    if not p.is_file():
-        return False
-    with open(p, "rb") as handle:
-        return handle.read(len(MAGIC)) == MAGIC
 
 
 @app.command()
@@ -217,47 +191,23 @@ def export(
 ):
     """Write a trained model as it really is: states packed at their bit width, BatchNorm and
     activations folded into integer thresholds; logged to the run in MLflow."""
-    from . import tracking
-    from .export import export_run, fp32_state_bytes, packed_weight_bytes
-    from .store import Store, StoreError
+    from .deploy import FORMATS
+    from .runs import export as export_run
 
-    if fmt not in ("packed", "onnx", "qonnx"):
-        fail(f"--format must be packed, onnx or qonnx; got {fmt!r}")
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if out_path is not None and out_path.is_dir():
         fail(f"--out {out_path} is a directory; give a file name")
     if out_path is not None and not out_path.parent.is_dir():
         fail(f"--out {out_path}: directory {out_path.parent} does not exist")
-    _, payload = _checkpoint(run, out_dir, uri)
-    run_id = payload.get("run_id") or Path(run).stem
-    local = Store.of(uri, out_dir)  # the file goes here; it is logged to the run's own store
-    store = local if uri else Store(payload.get("tracking_uri") or local.uri, local.out_dir)
-    manifest = None
-    if fmt in ("onnx", "qonnx"):
-        from .onnx_export import export_onnx
-        from .qonnx_export import export_qonnx
-
-        target = out_path or local.out_dir / "exports" / f"{run_id}.{'qonnx.' if fmt == 'qonnx' else ''}onnx"
-        size = (export_qonnx if fmt == "qonnx" else export_onnx)(payload, target)
-    else:
-        target = out_path or local.out_dir / "exports" / f"{run_id}.gxnor"
-        manifest, model = export_run(payload, target)
-        size = manifest["bytes"]
-    logged = ""
-    if payload.get("run_id"):
-        try:
-            run_log = tracking.Run(store, "", run_id=payload["run_id"], keep_status=True)
-            run_log.log_artifact(target, "export")
-            logged = "" if run_log.pending else f"  logged to run {payload['run_id']}"
-        except StoreError as error:  # the file is written either way
-            print(f"gxnor: not logged to the run: {error}", file=sys.stderr)
-    print(f"wrote {target} ({size:,} bytes){logged}")
-    if manifest is None:
-        return
-    weights = sum(int(np.prod(l["weight"]["shape"])) for l in manifest["layers"])
-    fp32 = fp32_state_bytes(model)
-    print(f"{weights:,} weights: {packed_weight_bytes(manifest):,} bytes packed "
-          f"({8 * packed_weight_bytes(manifest) / weights:.2f} bits/weight), file {size:,} bytes, "
-          f"fp32 weights {fp32:,} bytes: {fp32 / size:.1f}x smaller")
+    done = export_run(run, fmt, store_of(uri, out_dir), out_path, explicit_store=uri is not None)
+    logged = f"  logged to run {done['logged_to']}" if done["logged_to"] else ""
+    print(f"wrote {done['path']} ({done['bytes']:,} bytes){logged}")
+    if "weights" in done:
+        weights, size, fp32 = done["weights"], done["bytes"], done["fp32_bytes"]
+        print(f"{weights:,} weights: {done['packed_bytes']:,} bytes packed "
+              f"({8 * done['packed_bytes'] / weights:.2f} bits/weight), file {size:,} bytes, "
+              f"fp32 weights {fp32:,} bytes: {fp32 / size:.1f}x smaller")
 
 
 @app.command()
@@ -270,33 +220,19 @@ def summary(
     json_out: bool = typer.Option(False, "--json", metavar="", help="Print the table as JSON."),
 ):
     """Per-layer states, bits, bytes at rest, MACs and gated operations measured on data."""
-    import tempfile
+    from .runs import summary as summarise
 
-    from .engine import PackedModel
-    from .evaluate import packed_summary
-
-    if _is_packed(target):
-        size, model = Path(target).stat().st_size, PackedModel.load(Path(target))
-    else:
-        from .export import export_run
-
-        _, payload = _checkpoint(target, out_dir, uri)
-        with tempfile.TemporaryDirectory() as tmp:
-            size = export_run(payload, Path(tmp) / "model.gxnor")[0]["bytes"]
-            model = PackedModel.load(Path(tmp) / "model.gxnor")
-    rows, totals = packed_summary(model, size, samples, data_root)
+    rows, totals = summarise(target, store_of(uri, out_dir), samples, data_root)
     n = totals["samples"]
     if json_out:
         print(json.dumps({"layers": rows, "totals": totals}, indent=1))
         return
-    from .report import table
-
     cols = ["layer", "kind", "states", "weights", "bits", "limit", "bytes", "macs", "gated_ops", "resting_prob",
             "mode"]
     table(f"per layer (MACs and gated ops per sample, measured on {n} test samples)", cols,
           [[r[c] for c in cols] for r in rows] + [["total", "", "", totals["weights"], "", "", totals["bytes"],
                                                   totals["macs"], totals["gated_ops"], "", ""]], out)
-    out.print(f"file {size:,} bytes; fp32 weights {totals['fp32_bytes']:,} bytes; "
+    out.print(f"file {totals['file_bytes']:,} bytes; fp32 weights {totals['fp32_bytes']:,} bytes; "
               f"{totals['compression_vs_fp32']:.1f}x smaller; "
               f"{1 - totals['gated_ops'] / totals['macs']:.3f} of all MACs gated off", highlight=False)
 
@@ -321,10 +257,8 @@ def sweep(
       gxnor sweep --grid states
     """
     from .config import default_config_dir
-    from .grid import load_grid, merge_overrides
-    from .launchers import make_launcher
-    from .report import results_rows, table
-    from .sweep import execute
+    from .sweeps import execute, load_grid, make_launcher, merge_overrides
+    from .sweeps.report import results_rows
 
     overrides = list(overrides or [])
     settings = [o for o in overrides if o.startswith("launcher.")]  # how trials run: not part of the sweep
@@ -400,12 +334,11 @@ def ui(
     import signal
     import socket
 
-    from .store import Store
-    from .tracking import serve_ui, ui_links
+    from .tracking.client import serve_ui, ui_links
 
     if not 1 <= port <= 65535:
         fail(f"--port must be in 1..65535; got {port}")
-    store = Store.of(uri, out_dir)
+    store = store_of(uri, out_dir)
     if not store.exists():
         fail(f"no runs yet: {store.describe()} does not exist (run gxnor train first)")
     with socket.socket() as probe:
@@ -438,8 +371,7 @@ def main_options(version: bool = typer.Option(False, "--version", metavar="", he
 
 def main() -> None:
     """Console-script entry: maps errors to exit codes and one-line messages."""
-    from .errors import RunFailed, UserError
-    from .interrupt import exit_code, install_interrupt_handler
+    from .training.interrupt import exit_code, install_interrupt_handler
 
     install_interrupt_handler()
     try:

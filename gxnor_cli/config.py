@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .data.sources import DATASETS
 from .discrete.activation import FLOAT_ACTIVATIONS, PULSES
 from .discrete.dst import RULES, TRANSITIONS, settings_of
 from .discrete.space import check_states
 from .errors import UserError
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "svhn")
 SCHEDULES = ("exp", "cosine", "step", "constant")
 #: Largest learning rate taken as meant (sgd's default is 20; Adam-scaled rules use ~0.01).
 MAX_LR = 1e4
@@ -49,7 +49,7 @@ def key(default: Any, meaning: str) -> Any:
     return field(default=default, metadata={"help": meaning})
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     name: str = key("digits", "dataset: " + " | ".join(DATASETS))
     root: Optional[str] = key(None, "directory with the dataset's files (null: data/<name>)")
@@ -63,7 +63,7 @@ class DataConfig:
                  f"data.limit must be >= 2 (BatchNorm needs two samples to train on); got {self.limit}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str = key("32C3-MP2-64C3-MP2-256FC-10", "layers in the paper's notation, e.g. 32C5-MP2-512FC-10")
     padding: int = key(1, "zero padding of every convolution (0: 'valid' convolutions)")
@@ -86,7 +86,7 @@ class ModelConfig:
         _require(self.bn_eps > 0, f"model.bn_eps must be > 0; got {self.bn_eps}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuantConfig:
     weight_states: Optional[int] = key(3, "weight states: 2 | 3 | 5 | 9 | ... | 129, null: full precision")
     act_states: Optional[int] = key(3, "activation states, as weight_states")
@@ -145,8 +145,8 @@ def _dst_schema() -> type:
             except ValueError as err:
                 raise ConfigError(str(err)) from None
 
-    return dataclasses.make_dataclass("DSTConfig", fields, namespace={"__post_init__": __post_init__,
-                                                                      "__module__": __name__})
+    return dataclasses.make_dataclass("DSTConfig", fields, frozen=True,
+                                      namespace={"__post_init__": __post_init__, "__module__": __name__})
 
 
 DSTConfig = _dst_schema()
@@ -163,7 +163,7 @@ def dst_keys_read(section: Any) -> set[str]:
     return {"rule", "transition", *(["m"] if section.transition == "stochastic" else []), *settings_of(section.rule)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     lr: Optional[float] = key(None, "lr of the DST rule and of float weights (null: the rule's own)")
     lr_end: Optional[float] = key(None, "lr of the last epoch, exp and cosine schedules (null: lr / 100)")
@@ -185,7 +185,7 @@ class OptimConfig:
         _require(0 < self.gamma <= 1, f"optim.gamma must be in (0, 1]; got {self.gamma}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainerConfig:
     epochs: int = key(30, "training epochs")
     batch_size: int = key(64, "samples per step (a last batch of one sample is merged into the one before)")
@@ -215,14 +215,14 @@ class TrainerConfig:
         _require(self.teacher_weight >= 0, f"trainer.teacher_weight must be >= 0; got {self.teacher_weight}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     uri: Optional[str] = key(None, "MLflow store (null: $MLFLOW_TRACKING_URI, else sqlite:///<out_dir>/mlflow.db)")
     experiment: str = key("gxnor", "MLflow experiment name")
     run_name: Optional[str] = key(None, "MLflow run name (null: MLflow picks one)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -237,17 +237,26 @@ class Config:
             for name, value in dataclasses.asdict(getattr(self, section)).items():
                 if isinstance(value, float):
                     _require(math.isfinite(value), f"{section}.{name} must be a finite number; got {value}")
-        # float weights (no DST) train with Adam: its lr
+        # float weights (no DST) train with Adam: its lr.  Filled in while the Config is
+        # made; from then on it is frozen (dataclasses.replace derives changed copies).
         rule = self.dst.rule if self.quant.weight_states else "adam"
-        if self.optim.lr is None:
-            self.optim.lr = RULES[rule].default_lr
-        if self.optim.lr_end is None:
-            self.optim.lr_end = self.optim.lr / 100
+        lr = self.optim.lr if self.optim.lr is not None else RULES[rule].default_lr
+        lr_end = self.optim.lr_end if self.optim.lr_end is not None else lr / 100
+        object.__setattr__(self, "optim", dataclasses.replace(self.optim, lr=lr, lr_end=lr_end))
         _require(self.optim.lr_end <= self.optim.lr,
                  f"optim.lr_end ({self.optim.lr_end}) must not exceed optim.lr ({self.optim.lr})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Config":
+        """A validated copy with dotted keys changed: ``cfg.replace(**{"trainer.threads": 2})``."""
+        sections: dict[str, dict[str, Any]] = {}
+        for name, value in changes.items():
+            section, _, leaf = name.partition(".")
+            sections.setdefault(section, {})[leaf] = value
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)
+                                            for section, values in sections.items()})
 
 
 GROUPS = tuple(f.name for f in dataclasses.fields(Config))
@@ -358,7 +367,7 @@ def compose(overrides: list[str], config_dir: Optional[Path] = None) -> Config:
         OmegaConf.set_struct(raw, False)
         raw = OmegaConf.to_container(raw, resolve=True)
         raw.pop("hydra", None)
-        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        merged = OmegaConf.merge(_schema(), raw)
         for override in keys:
             OmegaConf.update(merged, override.key_or_group, override.value(), merge=False)
         return OmegaConf.to_object(merged)
@@ -366,6 +375,23 @@ def compose(overrides: list[str], config_dir: Optional[Path] = None) -> Config:
         raise
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise ConfigError(_one_line(err)) from None
+
+
+def _schema():
+    """The Config schema as a writable OmegaConf node (frozen dataclasses make read-only nodes,
+    which could not take presets and overrides); ``to_object`` builds the frozen Config."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def thaw(node):
+        OmegaConf.set_readonly(node, False)
+        for name in node:
+            child = node._get_node(name)
+            if isinstance(child, DictConfig):
+                thaw(child)
+
+    schema = OmegaConf.structured(Config)
+    thaw(schema)
+    return schema
 
 
 def _one_line(err: Exception) -> str:
@@ -413,6 +439,6 @@ def from_dict(data: dict[str, Any]) -> Config:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+        return OmegaConf.to_object(OmegaConf.merge(_schema(), data))
     except (OmegaConfBaseException, ValueError) as err:
         raise ConfigError(_one_line(err)) from None

@@ -1,5 +1,6 @@
 """Loaders on small files written here in the real formats; corrupt files; downloads."""
 
+import dataclasses
 import gzip
 import hashlib
 import pickle
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from gxnor_cli import data as D
+from gxnor_cli.data import sources
+from gxnor_cli.data.splits import augment
 from gxnor_cli.config import DataConfig
 from gxnor_cli.data import DataError, batches, load_data
 
@@ -84,7 +86,8 @@ def test_corrupt_idx_is_refused(tmp_path, damage):
 
 def test_fashion_mnist_found_in_debian_location(tmp_path, monkeypatch):
     make_idx_dataset(tmp_path / "deb")
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "deb")
+    debian = dataclasses.replace(sources.DATASETS["fashion_mnist"], fallback=tmp_path / "deb")
+    monkeypatch.setitem(sources.DATASETS._items, "fashion_mnist", debian)
     monkeypatch.chdir(tmp_path)
     assert len(load_data(DataConfig("fashion_mnist")).test) == 12
 
@@ -165,17 +168,17 @@ def test_download_verifies_checksum_and_writes_atomically(tmp_path, monkeypatch)
     source = tmp_path / "mirror"
     make_idx_dataset(source)
     urls = [((source / f"{f}.gz").as_uri(), hashlib.md5((source / f"{f}.gz").read_bytes()).hexdigest())
-            for f in D.IDX_FILES]
-    monkeypatch.setitem(D.DOWNLOADS, "mnist", urls)
+            for f in sources.IDX_FILES]
+    monkeypatch.setitem(sources.DOWNLOADS, "mnist", urls)
     ds = load_data(DataConfig("mnist", root=str(tmp_path / "dl"), download=True))
     assert len(ds.test) == 12
     assert not list((tmp_path / "dl").glob("*.part"))
     bad = [(u, "0" * 32) for u, _ in urls]
-    monkeypatch.setitem(D.DOWNLOADS, "mnist", bad)
+    monkeypatch.setitem(sources.DOWNLOADS, "mnist", bad)
     with pytest.raises(DataError, match="checksum mismatch"):
         load_data(DataConfig("mnist", root=str(tmp_path / "dl2"), download=True))
     assert not list((tmp_path / "dl2").glob("*"))  # nothing half-written is left
-    monkeypatch.setitem(D.DOWNLOADS, "mnist", [((tmp_path / "nope.gz").as_uri(), "0" * 32)] * 4)
+    monkeypatch.setitem(sources.DOWNLOADS, "mnist", [((tmp_path / "nope.gz").as_uri(), "0" * 32)] * 4)
     with pytest.raises(DataError, match="could not download"):
         load_data(DataConfig("mnist", root=str(tmp_path / "dl3"), download=True))
 
@@ -191,7 +194,7 @@ def test_digits_is_embedded_with_fixed_test_split():
 def test_augment_keeps_shape_and_content_shifts():
     g = torch.Generator().manual_seed(0)
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float).reshape(2, 3, 8, 8)
-    out = D.augment(x, g, pad=2)
+    out = augment(x, g, pad=2)
     assert out.shape == x.shape
     # every output row is a (possibly flipped) window of the zero-padded input
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))

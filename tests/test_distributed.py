@@ -49,15 +49,17 @@ def frozen_norm(model: torch.nn.Module) -> None:
 def train_states(rule: str, tmp: str, overrides: list[str], group=None, diverge: bool = False) -> dict:
     from gxnor_cli.config import load_config
     from gxnor_cli.discrete import discrete_layers
-    from gxnor_cli.runner import prepare
-    from gxnor_cli.train import Trainer
+    from gxnor_cli.training.run import prepare
+    from gxnor_cli.training.group import Solo
+    from gxnor_cli.training.loop import Trainer
 
     name, *keys = rule.split()
     cfg = load_config([*SMALL, f"dst={name}", *keys, *overrides])
     data, model = prepare(cfg)
     frozen_norm(model)
-    trainer = Trainer(cfg, model, data, torch.device("cpu"), Path(tmp) / f"rank{group.rank if group else 0}", group)
-    if diverge and group is not None and group.rank == 1:
+    group = group or Solo(torch.device("cpu"))
+    trainer = Trainer(cfg, model, data, group, run_dir=Path(tmp) / f"rank{group.rank}")
+    if diverge and group.rank == 1:
         step = trainer.dst.__call__
 
         def nudge(layer, rows, grad):  # one state changed on rank 1 only, once
@@ -76,10 +78,10 @@ def train_states(rule: str, tmp: str, overrides: list[str], group=None, diverge:
 def _rank(rank: int, world: int, port: int, rule: str, tmp: str, diverge: bool) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from gxnor_cli import distributed
+    from gxnor_cli.training import group as distributed
 
     torch.set_num_threads(1)
-    group = distributed.current("cpu")
+    group = distributed.join("cpu")
     try:
         states = train_states(rule, tmp, ["trainer.device=cpu"], group, diverge)
         torch.save(states, Path(tmp) / f"states{rank}.pt")
@@ -122,7 +124,7 @@ def _ddp_rank(rank: int, world: int, port: int, tmp: str, noise: bool) -> None:
     from gxnor_cli.config import load_config
     from gxnor_cli.data import batches
     from gxnor_cli.discrete import DST, discrete_layers
-    from gxnor_cli.runner import prepare
+    from gxnor_cli.training.run import prepare
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)

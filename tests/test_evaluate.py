@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gxnor_cli.discrete import DiscreteConv2d, DiscreteLinear
-from gxnor_cli.evaluate import Meter, _open_pairs
+from gxnor_cli.models.measure import Meter, _open_pairs
 
 
 def brute_linear(w, x):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from gxnor_cli import checkpoint, packed
+from gxnor_cli import checkpoint
+from gxnor_cli.deploy import packed
 from gxnor_cli.discrete import MultiStep, Space
-from gxnor_cli.engine import PackedModel, popcount
-from gxnor_cli.export import export_run, fold_thresholds, predict_torch
+from gxnor_cli.deploy.engine import PackedModel, popcount
+from gxnor_cli.deploy.fold import export_run, fold_thresholds, predict_torch
 
 from conftest import TINY
 

@@ -13,7 +13,8 @@ from gxnor_cli.data import batches, load_data
 from gxnor_cli.discrete import DiscreteLayer
 from gxnor_cli.errors import UserError
 from gxnor_cli.models import build_model, model_from_config, start_from, parse_arch
-from gxnor_cli.train import Trainer, squared_hinge
+from gxnor_cli.training.group import Solo
+from gxnor_cli.training.loop import Trainer, squared_hinge
 
 ARCH = "model.arch=8C3-MP2-32FC-10"
 
@@ -80,7 +81,7 @@ def test_distillation_adds_alpha_times_the_score_distance(tmp_path):
     with torch.no_grad():
         scores, target = before(x), teacher(x)
     expected = squared_hinge(scores, y) + 0.7 * (scores - target).square().mean()
-    trainer = Trainer(cfg, model, data, torch.device("cpu"), tmp_path, teacher=teacher)
+    trainer = Trainer(cfg, model, data, Solo(torch.device("cpu")), teacher=teacher, run_dir=tmp_path)
     got = trainer.train_epoch(0)["train_loss"]
     assert got == pytest.approx(expected.item(), rel=1e-5)
     assert abs(got - squared_hinge(scores, y).item()) > 1e-3  # the term is not negligible here

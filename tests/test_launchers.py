@@ -109,7 +109,7 @@ def test_unknown_launchers_settings_and_missing_extras_are_one_line(cli, runs_di
     code, _, err = cli("sweep", "quant.window=0.3,0.6", *TINY, "--launcher", "slurm", "launcher.gpus=1")
     assert code == 2 and "unknown setting launcher.gpus" in err
     monkeypatch.setitem(sys.modules, "ray", None)
-    for name in [n for n in list(sys.modules) if n.startswith("gxnor_cli.launchers.raycluster")]:
+    for name in [n for n in list(sys.modules) if n.startswith("gxnor_cli.sweeps.launchers.raycluster")]:
         monkeypatch.delitem(sys.modules, name)
     code, _, err = cli("sweep", "quant.window=0.3,0.6", *TINY, "--launcher", "ray")
     assert code == 2 and "pip install 'gxnor[ray]'" in err

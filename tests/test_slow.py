@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from gxnor_cli import checkpoint, data as D
+from gxnor_cli.data.sources import DEBIAN_FASHION_MNIST
 from gxnor_cli.config import DataConfig
 
 from conftest import runs_in_store
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (D.DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+              pytest.mark.skipif(not (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
                                  reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")]
 
 
@@ -23,8 +24,8 @@ def test_mnist_net_epoch_on_fashion_mnist_and_exact_engine(cli, runs_dir, tmp_pa
     assert run.data.metrics["epoch_time_s"] > 0 and run.data.metrics["samples_per_s"] > 0
     assert result["test_acc"] > 0.7  # one epoch of a ternary net on Fashion-MNIST
 
-    from gxnor_cli.engine import PackedModel
-    from gxnor_cli.export import export_run, predict_torch
+    from gxnor_cli.deploy.engine import PackedModel
+    from gxnor_cli.deploy.fold import export_run, predict_torch
 
     payload = checkpoint.load(result["checkpoint"])
     export_run(payload, tmp_path / "m.gxnor")

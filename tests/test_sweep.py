@@ -3,8 +3,8 @@
 import pytest
 
 from gxnor_cli.config import ConfigError
-from gxnor_cli.grid import Point, expand
-from gxnor_cli.report import pareto
+from gxnor_cli.sweeps.grid import Point, expand
+from gxnor_cli.sweeps.report import pareto
 
 from conftest import TINY, runs_in_store
 
@@ -46,7 +46,7 @@ def test_grid_of_four_gives_parent_and_four_finished_children(cli, runs_dir):
 
 def test_failed_trial_is_marked_and_the_sweep_goes_on_then_resumes_it(cli, runs_dir, monkeypatch):
     from gxnor_cli.errors import RunFailed
-    from gxnor_cli.train import Trainer
+    from gxnor_cli.training.loop import Trainer
 
     epoch = Trainer.train_epoch
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from gxnor_cli.config import load_config
-from gxnor_cli.runner import prepare
-from gxnor_cli.train import Trainer, lr_at, squared_hinge
+from gxnor_cli.training.run import prepare
+from gxnor_cli.training.group import Solo
+from gxnor_cli.training.loop import Trainer, lr_at, squared_hinge
 
 from conftest import TINY
 
@@ -37,7 +38,7 @@ def test_schedules(schedule, expected):
 def make_trainer(tmp_path, overrides, name):
     cfg = load_config(TINY + overrides)
     data, model = prepare(cfg)
-    return Trainer(cfg, model, data, torch.device("cpu"), tmp_path / name)
+    return Trainer(cfg, model, data, Solo(torch.device("cpu")), run_dir=tmp_path / name)
 
 
 @pytest.mark.parametrize("rule", ["adam", "rms", "mom8"])
@@ -48,7 +49,7 @@ def test_resume_equals_uninterrupted(tmp_path, rule):
     full = make_trainer(tmp_path, overrides, "full")
     full_result = full.fit()
     part = make_trainer(tmp_path, overrides, "part")
-    part.cfg.trainer.epochs = 1
+    part.cfg = part.cfg.replace(**{"trainer.epochs": 1})
     part.fit()
     resumed = make_trainer(tmp_path, overrides, "resumed")
     resumed.restore(checkpoint.load(tmp_path / "part" / "last.pt"))
@@ -82,7 +83,7 @@ def test_metrics_per_epoch(tmp_path):
 
 
 def test_adam_matches_torch_adam():
-    from gxnor_cli.train import Adam
+    from gxnor_cli.training.loop import Adam
 
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(5))

@@ -1,6 +1,6 @@
 """Multi-step activation phi with a sparsity window r and pulse-shaped derivative.
 
-Forward (method.md section 2).  With K = (states - 1) / 2 positive levels of height dz,
+Forward (docs/method.md section 2).  With K = (states - 1) / 2 positive levels of height dz,
 thresholds t_k = r + (k - 1) s for k = 1..K (s: step width, default dz):
 
     phi(x) = sign(x) * dz * #{k : |x| > t_k}
@@ -31,9 +31,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..registry import Registry
 from .space import Space
 
-PULSES = ("rect", "tri")
+#: Derivative pulses by name (``quant.pulse``): f(distance, area, half-width), distance >= 0.
+PULSES = Registry("pulse")
+#: Activations of full-precision nets by name (``quant.float_act``).
+FLOAT_ACTIVATIONS = Registry("float activation")
+FLOAT_ACTIVATIONS.register("relu")(nn.ReLU)
+FLOAT_ACTIVATIONS.register("hardtanh")(nn.Hardtanh)
+FLOAT_ACTIVATIONS.register("identity")(nn.Identity)
 
 
 @dataclass(frozen=True)
@@ -60,14 +67,21 @@ class Steps:
         return [self.window + k * self.step for k in range(self.levels)]
 
 
+@PULSES.register("rect")
+def rect(distance: torch.Tensor, height: float, width: float) -> torch.Tensor:
+    """height / (2a) on distance <= a: area ``height``, half-width a = ``width``."""
+    return (distance <= width).to(distance.dtype) * (height / (2.0 * width))
+
+
+@PULSES.register("tri")
+def tri(distance: torch.Tensor, height: float, width: float) -> torch.Tensor:
+    """height / a^2 (a - distance) on distance <= a: area ``height``, half-width a = ``width``."""
+    return (width - distance).clamp_(min=0.0) * (height / width**2)
+
+
 def pulse(distance: torch.Tensor, height: float, width: float, kind: str) -> torch.Tensor:
-    """Pulse of area ``height`` and half-width ``width`` at ``distance`` (>= 0) from its centre."""
-    inside = distance <= width
-    if kind == "rect":
-        return inside.to(distance.dtype) * (height / (2.0 * width))
-    if kind == "tri":
-        return (width - distance).clamp_(min=0.0) * (height / width**2)
-    raise ValueError(f"unknown pulse {kind!r}; choose one of {', '.join(PULSES)}")
+    """Pulse ``kind`` of area ``height`` and half-width ``width`` at ``distance`` (>= 0) from its centre."""
+    return PULSES[kind](distance, height, width)
 
 
 class _MultiStepFn(torch.autograd.Function):
@@ -100,8 +114,7 @@ class MultiStep(nn.Module):
             raise ValueError(f"window r must be >= 0, got {window}")
         if width <= 0:
             raise ValueError(f"pulse width a must be > 0, got {width}")
-        if pulse not in PULSES:
-            raise ValueError(f"unknown pulse {pulse!r}; choose one of {', '.join(PULSES)}")
+        PULSES[pulse]  # an unknown name raises here, listing the pulses
         self.space = space
         self.window = 0.0 if space.states == 2 else float(window)
         self.kind = pulse
@@ -169,14 +182,9 @@ class MultiStep(nn.Module):
         return f"{self.space}, r={self.window}, pulse={self.kind}, a={self.width}, s={self.step}"
 
 
-FLOAT_ACTIVATIONS = {"relu": nn.ReLU, "hardtanh": nn.Hardtanh, "identity": nn.Identity}
-
-
 def make_activation(states: int | None, window: float = 0.5, pulse: str = "rect", width: float = 0.5,
                     step: float | None = None, float_act: str = "relu") -> nn.Module:
     """phi for a discrete activation space, or an ordinary activation when ``states`` is None."""
     if states is None:
-        if float_act not in FLOAT_ACTIVATIONS:
-            raise ValueError(f"unknown float activation {float_act!r}; choose one of {', '.join(FLOAT_ACTIVATIONS)}")
         return FLOAT_ACTIVATIONS[float_act]()
     return MultiStep(Space(states), window, pulse, width, step)

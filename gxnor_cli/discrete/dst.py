@@ -1,6 +1,6 @@
 """Discrete State Transition (DST): train discrete weights with no hidden float weights.
 
-One step, for every discrete weight W with proposed real increment dW (method.md s. 3):
+One step, for every discrete weight W with proposed real increment dW (docs/method.md s. 3):
 
     kappa = trunc(dW / dz)            integer part, toward zero
     nu    = dW - kappa dz             remainder, same sign as dW, |nu| < dz
@@ -43,8 +43,16 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..registry import Registry
 from .layers import DiscreteLayer, discrete_layers
 from .space import Space
+
+#: How states move, by name (``dst.transition``): each entry makes the per-weight state it
+#: needs (or None) and moves a block of codes by dW.
+TRANSITIONS = Registry("transition")
+#: Step rules by name (``dst.rule``), in the order users see them.
+RULES = Registry("DST rule")
+
 
 def transition(code: torch.Tensor, dw: torch.Tensor, space: Space, m: float,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -101,22 +109,44 @@ def hysteresis(code: torch.Tensor, position: torch.Tensor, dw: torch.Tensor, spa
     return space.from_index(index.to(torch.uint8))
 
 
-#: How states move, by name: the method's stochastic transition (probability tanh(m |nu| / dz))
-#: or hysteresis (an int8 position per weight; the state changes once the steps add up).
-TRANSITIONS = ("stochastic", "hysteresis")
+@TRANSITIONS.register("stochastic")
+class Stochastic:
+    """The method's move: :func:`transition`, probability tanh(m |nu| / dz); no state."""
+
+    def __init__(self, m: float):
+        self.m = m
+
+    def new_state(self, layer: DiscreteLayer) -> Optional[torch.Tensor]:
+        return None
+
+    def __call__(self, code, dw, space, generator, state=None) -> torch.Tensor:
+        return transition(code, dw, space, self.m, generator)
+
+
+@TRANSITIONS.register("hysteresis")
+class Hysteresis:
+    """:func:`hysteresis`: an int8 position per weight (``m`` is not read)."""
+
+    def __init__(self, m: float):
+        pass
+
+    def new_state(self, layer: DiscreteLayer) -> Optional[torch.Tensor]:
+        return torch.zeros_like(layer.state)  # every weight starts at the centre of its state
+
+    def __call__(self, code, dw, space, generator, state=None) -> torch.Tensor:
+        return hysteresis(code, state, dw, space, generator)
 
 
 class StepRule:
     """Proposes dW from a gradient block; may keep state per layer.
 
-    A rule describes itself: ``name`` (what ``dst.rule`` says), ``default_lr`` (used when
-    ``optim.lr`` is null) and ``Settings``, a dataclass of the ``dst.*`` keys it reads,
-    with their defaults, one-line meanings (``metadata["help"]``) and checks
-    (``__post_init__`` raises ValueError).  Subclasses register with :func:`register`;
+    A rule describes itself: ``default_lr`` (used when ``optim.lr`` is null) and
+    ``Settings``, a dataclass of the ``dst.*`` keys it reads, with their defaults, one-line
+    meanings (``metadata["help"]``) and checks (``__post_init__`` raises ValueError).
+    Subclasses register with ``@RULES.register(name)``, the name ``dst.rule`` takes;
     config validation, help text and presets derive from the registry.
     """
 
-    name = ""
     default_lr = 0.01
     whole_gradient = False  # begin() reads statistics of the whole step's gradient (data parallel: gathered)
 
@@ -146,16 +176,6 @@ class StepRule:
         return 0
 
 
-#: Step rules by name, in the order users see them.
-RULES: dict[str, type[StepRule]] = {}
-
-
-def register(rule: type[StepRule]) -> type[StepRule]:
-    """Class decorator: make ``rule`` selectable as ``dst.rule=<rule.name>``."""
-    RULES[rule.name] = rule
-    return rule
-
-
 def _setting(default: float, meaning: str):
     return field(default=default, metadata={"help": meaning})
 
@@ -173,15 +193,13 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-@register
+@RULES.register("adam")
 class AdamRule(StepRule):
     """Adam moments per weight (fp32 m and v: 8 bytes per weight), Lasagne's update:
 
         m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
         dW = -lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)
     """
-
-    name = "adam"
 
     @dataclass
     class Settings:
@@ -224,22 +242,20 @@ class AdamRule(StepRule):
         return sum(t.numel() * t.element_size() for d in (self.m, self.v) for t in d.values())
 
 
-@register
+@RULES.register("sgd")
 class SGDRule(StepRule):
     """dW = -lr g (the paper).  Raw gradients are small next to dz, so its lr is large."""
 
-    name = "sgd"
     default_lr = 20.0
 
     def propose(self, key, layer, rows, grad):
         return grad.mul_(-self.lr)
 
 
-@register
+@RULES.register("rms")
 class RMSRule(StepRule):
     """dW = -lr g / (sqrt(v) + eps), v the (EMA of the) mean square of g over the tensor."""
 
-    name = "rms"
     eps = 1e-12
     whole_gradient = True  # the per-tensor RMS of the global gradient, the same on every rank
 
@@ -283,7 +299,7 @@ class RMSRule(StepRule):
         return sum(v.numel() * v.element_size() for v in self.v.values())
 
 
-@register
+@RULES.register("mom8")
 class Mom8Rule(RMSRule):
     """Momentum of the RMS-normalised gradient, stored as one int8 code per weight.
 
@@ -302,8 +318,6 @@ class Mom8Rule(RMSRule):
     sqrt((1 - beta) / (1 + beta)) of |g / sqrt(v)| (a quarter at beta = 0.9), while a weight
     with a steady gradient drifts at the same rate under both.
     """
-
-    name = "mom8"
 
     @dataclass
     class Settings:
@@ -356,8 +370,6 @@ def settings_of(rule: str) -> dict[str, dataclasses.Field]:
 
 
 def rule_class(name: str) -> type[StepRule]:
-    if name not in RULES:
-        raise ValueError(f"unknown DST rule {name!r}; choose one of {', '.join(RULES)}")
     return RULES[name]
 
 
@@ -377,8 +389,8 @@ class DST:
     ``lr`` may be changed between steps (schedules).  Draws come from a generator seeded
     with ``seed`` on the layers' device, so runs are reproducible on CPU and CUDA.
 
-    Data parallel (``reduce``: an object with ``sum_(tensor)`` and ``gather_rows(tensor)``
-    over the ranks): each gradient block is summed over the ranks before the step rule sees
+    Data parallel (``reduce``: the rank group, with ``world``, ``sum_(tensor)`` and
+    ``gather_rows(tensor)`` over the ranks; a group of one needs none of it): each gradient block is summed over the ranks before the step rule sees
     it, and rules that need whole-step statistics get the global batch's inputs and output
     gradients.  With the same ``seed`` every rank then draws the same transitions, so the
     states stay identical without ever being sent.
@@ -388,21 +400,19 @@ class DST:
                  seed: int = 0, reduce: Optional[Any] = None, transition: str = "stochastic", **settings):
         if m <= 0:
             raise ValueError(f"nonlinear factor m must be > 0, got {m}")
-        if transition not in TRANSITIONS:
-            raise ValueError(f"unknown transition {transition!r}; choose one of {', '.join(TRANSITIONS)}")
         self.layers = discrete_layers(model)
         if not self.layers:
             raise ValueError("the model has no discrete layers to train with DST")
-        # hysteresis: an int8 position per weight, every weight starting at the centre of its state
-        self.positions = ({name: torch.zeros_like(layer.state) for name, layer in self.layers}
-                          if transition == "hysteresis" else {})
+        self.move = TRANSITIONS[transition](m)
+        # per-weight state of the transition (hysteresis: an int8 position), by layer
+        self.positions = {name: state for name, layer in self.layers
+                          if (state := self.move.new_state(layer)) is not None}
         self.names = {id(layer): name for name, layer in self.layers}
-        self.m = m
         device = self.layers[0][1].state.device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.rule = make_rule(rule, lr, **settings)
-        self.reduce = reduce
+        self.reduce = reduce if reduce is not None and reduce.world > 1 else None  # one process: no sums
         self.rule.generator = self.generator
         self._changed = {name: torch.zeros((), dtype=torch.long, device=device) for name, _ in self.layers}
         self._updates = {name: 0 for name, _ in self.layers}
@@ -431,10 +441,8 @@ class DST:
             grad = self.reduce.sum_(grad)
         dw = self.rule.propose(name, layer, rows, grad)
         block = layer.state[rows]
-        if self.positions:
-            new = hysteresis(block, self.positions[name][rows], dw, layer.space, self.generator)
-        else:
-            new = transition(block, dw, layer.space, self.m, self.generator)
+        position = self.positions[name][rows] if name in self.positions else None
+        new = self.move(block, dw, layer.space, self.generator, position)
         self._changed[name] += (new != block).sum()
         block.copy_(new)
 

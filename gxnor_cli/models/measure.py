@@ -1,7 +1,7 @@
 """Accuracy, sparsity and resting probability measured on data.
 
 For a layer with weights w and inputs x, a (w, x) pair *rests* (its gate stays closed:
-no operation, no energy) when w = 0 or x = 0 (method.md s. 6).  The resting probability
+no operation, no energy) when w = 0 or x = 0 (docs/method.md s. 6).  The resting probability
 of a layer is
 
     resting_prob = 1 - (#pairs with w != 0 and x != 0) / (#pairs)
@@ -15,7 +15,6 @@ pairs (resting), activations by their elements.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import defaultdict
 
@@ -23,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Dataset, Split, batches
-from .discrete import DiscreteLayer, MultiStep, discrete_layers
+from ..data import Dataset, Split, batches
+from ..discrete import DiscreteLayer, MultiStep, discrete_layers
 
 
 def label(module_name: str) -> str:
@@ -169,103 +168,3 @@ def state_histograms(model: nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
         for handle in handles:
             handle.remove()
     return weights, acts
-
-
-# -- reports on trained runs and packed files (used by the CLI) -------------------------------
-def write_predictions(path, labels, predictions) -> None:
-    """A CSV of ``index,label,prediction``, one row per sample of the split, written atomically."""
-    from .checkpoint import atomic_write
-
-    rows = "".join(f"{i},{int(y)},{int(p)}\n" for i, (y, p) in enumerate(zip(labels, predictions)))
-    atomic_write(path, lambda handle: handle.write(("index,label,prediction\n" + rows).encode()))
-
-
-def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 1000, predictions=None) -> dict:
-    """Accuracy, zero shares and resting probabilities of a checkpoint payload on a split
-    (and each sample's prediction written to the CSV file ``predictions``)."""
-    from .data import load_data
-    from .discrete import summarize
-    from .errors import UserError
-    from .models import load_trained
-
-    cfg, model = load_trained(payload)
-    section = dataclasses.replace(cfg.data, root=data_root or cfg.data.root, download=False, limit=None)
-    data = load_data(section, cfg.trainer.val_fraction, cfg.trainer.seed)
-    if list(data.shape) != list(payload["in_shape"]):
-        raise UserError(f"the data at {section.root or 'its default place'} has inputs {tuple(data.shape)}, "
-                        f"the model expects {tuple(payload['in_shape'])}")
-    metrics = evaluate_split(model, data, split, batch_size)
-    if predictions is not None:
-        part = data.split(split)
-        write_predictions(predictions, part.labels.tolist(), predict(model, part, data.max_value, batch_size).tolist())
-    layers = {}
-    for row in summarize(model):
-        name = label(row["layer"])
-        layers[name] = {"layer": name, **{k: v for k, v in row.items() if k not in ("layer", "zero_frac")}}
-    for key, value in metrics.items():
-        if "." in key:
-            name, metric = key.split(".", 1)
-            layers.setdefault(name, {"layer": name})[metric] = value
-    return {"data": cfg.data.name, "split": split, "samples": len(data.split(split)), "acc": metrics["acc"],
-            **{k: v for k, v in metrics.items() if "." not in k and k != "acc"}, "layers": list(layers.values())}
-
-
-def packed_data(manifest: dict, data_root=None) -> Dataset:
-    """The dataset a packed model was trained on, as its manifest records it."""
-    from .config import DataConfig
-    from .data import load_data
-    from .errors import UserError
-
-    src = manifest.get("source", {})
-    if not src.get("data"):
-        raise UserError("the packed file does not say which dataset it was trained on")
-    return load_data(DataConfig(src["data"], data_root or src.get("data_root")), src.get("val_fraction", 0.1),
-                     src.get("seed", 0))
-
-
-def evaluate_packed(model, split: str, data_root=None, batch_size: int = 256, predictions=None) -> dict:
-    """Accuracy and per-layer events of the packed engine on a split (and each sample's
-    prediction written to the CSV file ``predictions``)."""
-    import time
-
-    data = packed_data(model.manifest, data_root)
-    part = data.split(split)
-    start = time.perf_counter()
-    outputs = model.predict(part.images.numpy(), batch_size)
-    seconds = time.perf_counter() - start
-    if predictions is not None:
-        write_predictions(predictions, part.labels.tolist(), outputs.tolist())
-    layers = model.event_table()
-    pairs, opened = sum(l["pairs"] for l in layers[1:]), sum(l["gates_opened"] for l in layers[1:])
-    return {"engine": "packed", "data": data.name, "split": split, "samples": len(part),
-            "acc": float((outputs == part.labels.numpy()).mean()),
-            "resting_prob": 1 - opened / pairs if pairs else 0.0, "samples_per_s": len(part) / seconds,
-            "layers": layers}
-
-
-def packed_summary(model, file_bytes: int, samples: int = 256, data_root=None) -> tuple[list[dict], dict]:
-    """Per layer: states, weights, bits per weight at rest and the log2(states) limit, bytes at
-    rest, MACs and gated ops per sample measured on
-    ``samples`` test images; totals with the compression against fp32 weights."""
-    from . import packed
-    from .export import weight_blob_bytes
-
-    images = packed_data(model.manifest, data_root).test.images[:samples].numpy()
-    model.reset_events()
-    model.predict(images)
-    n = len(images)
-    rows = []
-    for layer, events in zip(model.manifest["layers"], model.event_table()):
-        w = layer["weight"]
-        weights = math.prod(w["shape"])
-        rows.append({"layer": layer["name"], "kind": layer["kind"], "states": w["states"], "weights": weights,
-                     "bits": packed.weight_bits(w["states"], model.manifest["version"]),
-                     "limit": math.log2(w["states"]), "bytes": weight_blob_bytes(w, model.manifest["version"]),
-                     "macs": events["pairs"] // n,
-                     "gated_ops": events["gates_opened"] / n, "resting_prob": events["resting_prob"],
-                     "mode": events["mode"]})
-    total = sum(r["weights"] for r in rows)
-    totals = {"weights": total, "bytes": sum(r["bytes"] for r in rows), "file_bytes": file_bytes,
-              "fp32_bytes": 4 * total, "compression_vs_fp32": 4 * total / file_bytes,
-              "macs": sum(r["macs"] for r in rows), "gated_ops": sum(r["gated_ops"] for r in rows), "samples": n}
-    return rows, totals

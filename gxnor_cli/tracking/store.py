@@ -11,20 +11,19 @@ A checkpoint records its store (``tracking_uri``, ``out_dir``), so ``trainer.res
 
 First use of a sqlite store creates and migrates its schema (seconds); two processes doing
 that at once break it, so :meth:`Store.first_use` holds an exclusive lock file beside the
-database while it happens.  This module does not import mlflow (:mod:`.tracking` does).
+database while it happens.  This module does not import mlflow (:mod:`.client` does).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlparse
 
-from .errors import UserError
+from ..errors import UserError
 
 SQLITE = "sqlite:///"
 
@@ -105,36 +104,3 @@ class Store:
     # -- the checkpoint side --------------------------------------------------------------
     def checkpoint_dir(self, run_id: str) -> Path:
         return self.out_dir / "checkpoints" / run_id
-
-    def locate_checkpoint(self, ref: str, name: str = "best.pt") -> Path:
-        """A checkpoint file from a path (file or run directory) or a run id (or a unique prefix
-        of one): the local copy, else the run's logged ``checkpoint/best.pt``, downloaded."""
-        from . import tracking
-
-        path = Path(ref).expanduser()
-        if path.is_file():
-            return path
-        if path.is_dir():
-            if not (path / name).is_file():
-                raise UserError(f"no {name} in {path}")
-            return path / name
-        if "/" in ref or "\\" in ref or ref.endswith((".pt", ".gxnor", ".onnx")):
-            raise UserError(f"no checkpoint at {ref}")
-        local = self.checkpoint_dir(ref) / name
-        if local.is_file():
-            return local
-        if not self.exists():
-            raise UserError(f"no run {ref!r}: there is no tracking store at {self.describe()} "
-                            f"(use --runs-dir or --tracking-uri)")
-        run = tracking.find_run(self, ref)
-        local = self.checkpoint_dir(run["run_id"]) / name
-        if local.is_file():
-            return local
-        if run["tags"].get("gxnor.command") == "sweep" and "mlflow.parentRunId" not in run["tags"]:
-            kids = tracking.child_runs(self, run["run_id"])
-            listed = ", ".join(k["run_id"][:8] for k in kids) or "none yet"
-            raise UserError(f"run {run['run_id'][:8]} is a sweep (its children: {listed}); name one of them")
-        if name != "best.pt":
-            raise UserError(f"run {run['run_id']} has no local {name} under {local.parent}; it cannot be resumed here")
-        return tracking.download_artifact(self, run["run_id"], f"checkpoint/{name}",
-                                          Path(tempfile.mkdtemp(prefix="gxnor-")))

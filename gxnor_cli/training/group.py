@@ -1,4 +1,8 @@
-"""Data-parallel training: one run on many processes (CPU: gloo; CUDA: NCCL, a GPU each).
+"""The processes of one run: a group of one, or data-parallel ranks (CPU: gloo; CUDA: NCCL).
+
+The training loop always trains with a group.  :class:`Solo` is the group of one process
+(every collective is the identity), :class:`Ranks` the group of N processes below; so the
+loop has no rank branches, and one process is simply the case N = 1.
 
 GXNOR's weights are int8 states changed by stochastic transitions inside backward, block by
 block: there is no parameter ``.grad`` for DistributedDataParallel to reduce (plain DDP
@@ -21,19 +25,18 @@ would silently keep rank 0's states and throw the other ranks' work away).  So:
   stop at the same batch; a rank that dies breaks the collectives of the others, which
   then fail at once.
 
-``gxnor train trainer.devices=N`` starts the N processes itself with torch's elastic
-launcher (the launching process opens the MLflow run and marks it if the group dies);
+``gxnor train trainer.devices=N`` starts the N processes itself (:mod:`.launch`);
 ``torchrun --nproc_per_node N -m gxnor_cli train ...`` and multi-node torchrun work too,
-the ranks found from the environment.  Rank 0 alone logs to MLflow and writes checkpoints.
+the ranks found from the environment (:func:`join`).  Rank 0 alone logs to MLflow and
+writes checkpoints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
-import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -41,31 +44,73 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import RunFailed, UserError
+from ..config import Config
+from ..discrete import discrete_layers
+from ..errors import UserError
 
 TIMEOUT = datetime.timedelta(seconds=300)
-_group: Optional["Group"] = None
+_joined: Optional["Ranks"] = None
 
 
 class DivergenceError(RuntimeError):
     """The ranks' states differ: they no longer train one model."""
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; a CUDA device that is not here is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu")
+    return torch.device(name)
+
+
 @dataclass
-class Group:
-    rank: int
-    world: int
-    local_rank: int
+class Solo:
+    """The group of one process: its share is the whole batch and every collective is the identity."""
+
     device: torch.device
+    rank: int = 0
+    world: int = 1
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    # -- sharing the batch ------------------------------------------------------
     def share(self, n: int) -> slice:
         """This rank's contiguous share of ``n`` samples (shares differ by at most one)."""
         return slice(n * self.rank // self.world, n * (self.rank + 1) // self.world)
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def sums(self, *values: float) -> list[float]:
+        return list(values)
+
+    def broadcast(self, value: Any) -> Any:
+        return value
+
+    def sum_grads(self, params: list[nn.Parameter]) -> None:
+        pass
+
+    def average_norm_statistics(self, model: nn.Module) -> None:
+        pass
+
+    def check_states(self, model: nn.Module, epoch: int) -> None:
+        pass
+
+
+@dataclass
+class Ranks(Solo):
+    """One of ``world`` data-parallel processes joined through torch.distributed."""
+
+    local_rank: int = 0
 
     # -- collectives (the DST sink's ``reduce``) ---------------------------------------
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -124,8 +169,6 @@ class Group:
 
     def check_states(self, model: nn.Module, epoch: int) -> None:
         """Raise DivergenceError unless every rank holds the same states."""
-        from .discrete import discrete_layers
-
         digest = hashlib.sha1()
         for _, layer in discrete_layers(model):
             digest.update(layer.state.cpu().numpy().tobytes())
@@ -137,24 +180,30 @@ class Group:
                                   f"(digests {', '.join(f'{int(v):x}' for v in every)}); the run cannot go on")
 
 
-def synchronise_norm(model: nn.Module, group: Optional[Group], cfg) -> nn.Module:
+Group = Solo  # the type every group has: Solo, or Ranks
+
+
+def synchronise_norm(model: nn.Module, group: Group, cfg: Config) -> nn.Module:
     """With ``trainer.sync_bn`` on CUDA ranks, BatchNorm normalises with the statistics of the
     whole global batch (one all-reduce per BatchNorm layer and step), as one process would."""
-    if group is None or not cfg.trainer.sync_bn or group.device.type != "cuda":
+    if group.world == 1 or not cfg.trainer.sync_bn or group.device.type != "cuda":
         return model
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def in_group_env() -> bool:
+    """Whether this process was started as one of several ranks (torchrun, or gxnor's launch)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
-def current(device: str = "auto") -> Optional[Group]:
-    """This process's group when started as one of several ranks (torchrun, or gxnor's own
-    launch), joined on first call; None in a plain single process."""
-    global _group
-    if _group is not None or not in_group_env():
-        return _group
+def join(device: str = "auto") -> Group:
+    """This process's group: the ranks it was started among (joined on first call), else a
+    :class:`Solo` group on ``device``."""
+    global _joined
+    if not in_group_env():
+        return Solo(resolve_device(device))
+    if _joined is not None:
+        return _joined
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
@@ -163,25 +212,24 @@ def current(device: str = "auto") -> Optional[Group]:
                             f"{torch.cuda.device_count()}")
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
-    _group = Group(dist.get_rank(), dist.get_world_size(), local_rank,
-                   torch.device("cuda", local_rank) if cuda else torch.device("cpu"))
-    return _group
+    _joined = Ranks(torch.device("cuda", local_rank) if cuda else torch.device("cpu"), dist.get_rank(),
+                    dist.get_world_size(), local_rank)
+    return _joined
 
 
 def leave() -> None:
-    global _group
-    if _group is not None and dist.is_initialized():
+    global _joined
+    if _joined is not None and dist.is_initialized():
         dist.destroy_process_group()
-    _group = None
+    _joined = None
 
 
-def check_world(cfg, payload: Optional[dict], group: Optional[Group]) -> None:
-    """trainer.devices, the number of ranks and a resumed run's number of ranks must agree;
-    every rank's share of a batch needs two samples."""
-    world = group.world if group is not None else cfg.trainer.devices
-    if group is not None and cfg.trainer.devices not in (1, world):
+def check_world(cfg: Config, payload: Optional[dict], world: int) -> Config:
+    """The config for ``world`` processes (``trainer.devices`` set to it), after checking that
+    trainer.devices, the number of ranks and a resumed run's number of ranks agree and that
+    every rank's share of a batch has two samples."""
+    if world > 1 and cfg.trainer.devices not in (1, world):
         raise UserError(f"trainer.devices={cfg.trainer.devices} but {world} ranks were started")
-    cfg.trainer.devices = world
     if world > 1 and cfg.trainer.batch_size < 2 * world:
         raise UserError(f"trainer.batch_size={cfg.trainer.batch_size} is too small for {world} ranks "
                         f"(BatchNorm needs two samples on each: at least {2 * world})")
@@ -193,73 +241,4 @@ def check_world(cfg, payload: Optional[dict], group: Optional[Group]) -> None:
         if stored != world:
             raise UserError(f"the run was trained on {stored} device(s) and is resumed on {world}: "
                             f"resume with trainer.devices={stored}")
-
-
-# -- gxnor's own launch: the parent of the ranks -----------------------------------------------
-def _rank_main(cfg_dict: dict, overrides: list[str], run_id: str) -> dict:
-    """Entry of each rank started by :func:`launch`; rank 0 prints a line per epoch."""
-    from .config import from_dict
-    from .interrupt import install_interrupt_handler
-    from .report import epoch_line
-    from .runner import train_run
-
-    install_interrupt_handler(quiet=True, escalate=False)
-    cfg = from_dict(cfg_dict)
-    try:
-        return train_run(cfg, overrides, run_id=run_id,
-                         on_epoch=lambda m: print(epoch_line(m, cfg.trainer.epochs), file=sys.stderr, flush=True))
-    finally:
-        leave()
-
-
-def launch(cfg, overrides: list[str], open_run) -> dict:
-    """Start ``trainer.devices`` ranks on this machine with torch's elastic launcher and wait.
-
-    ``open_run()`` opens (or reopens, to resume) the MLflow run and returns it; it is called
-    here, before any rank starts, so a bad input leaves nothing behind and the run can be
-    marked FAILED or KILLED whatever happens to the ranks."""
-    import socket
-
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    from .interrupt import record, stop_requested
-
-    n = cfg.trainer.devices
-    if cfg.trainer.device.startswith("cuda") and torch.cuda.device_count() < n:
-        raise UserError(f"trainer.devices={n} needs {n} GPUs; this machine has {torch.cuda.device_count()}")
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)  # gxnor says what happened, in one line
-    run = open_run()
-    q = cfg.quant
-    print(f"run {run.run_id}  {cfg.data.name}  {cfg.model.arch}  W{q.weight_states}/A{q.act_states}  "
-          f"dst={cfg.dst.rule}  {n} ranks", file=sys.stderr, flush=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=run.run_id, rdzv_backend="c10d",
-                          rdzv_endpoint=f"127.0.0.1:{port}", max_restarts=0, monitor_interval=0.2,
-                          start_method="spawn")
-    threads = cfg.trainer.threads or max(1, (os.cpu_count() or 1) // n)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    cfg.trainer.threads = threads
-    try:
-        results = elastic_launch(config, _rank_main)(cfg.to_dict(), overrides, run.run_id)
-    except ChildFailedError as err:
-        first = next(iter(err.failures.values()), None)
-        why = (first.message or f"exit code {first.exitcode}") if first else str(err)
-        if stop_requested():
-            run.end_if_running("KILLED", "stopped by a signal")
-            raise KeyboardInterrupt from None
-        run.end_if_running("FAILED", f"a rank failed: {why}")
-        raise RunFailed(f"data-parallel training failed, run {run.run_id} marked FAILED: "
-                        f"{str(why).strip().splitlines()[-1]}") from None
-    except BaseException as err:  # Ctrl-C / SIGTERM reach the launcher as an exception of its own
-        if getattr(err, "sigval", None) is not None:
-            record(err.sigval)
-        stopped = stop_requested() or isinstance(err, KeyboardInterrupt)
-        run.end_if_running("KILLED" if stopped else "FAILED", f"the launch ended: {type(err).__name__}")
-        if stopped:
-            raise KeyboardInterrupt from None
-        raise
-    return results[0]
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, devices=world))

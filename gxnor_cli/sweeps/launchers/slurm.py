@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import submitit
-
-from ..errors import UserError
+from ...errors import UserError
+from ...training.interrupt import stop_requested
 from ..grid import Point
-from . import Lost, Update, record, run_trial, short_error
+from ..trial import record, run_trial, short_error
+from .base import LAUNCHERS, Lost, Update, require
 
 
-class Trial(submitit.helpers.Checkpointable):
-    """One point, run inside a job; requeued as a resume of its own run when preempted."""
+class Trial:
+    """One point, run inside a job; requeued as a resume of its own run when preempted
+    (submitit calls ``checkpoint`` on any submitted callable that has one)."""
 
     def __init__(self):
         self.run_id: Optional[str] = None
@@ -43,12 +44,16 @@ class Trial(submitit.helpers.Checkpointable):
         result.pop("traceback", None)
         return result
 
-    def checkpoint(self, point: Point, parent_id: str, threads: int) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, point: Point, parent_id: str, threads: int):
+        import submitit
+
         if self.run_id:
             point.resume = self.run_id
         return submitit.helpers.DelayedSubmission(Trial(), point, parent_id, threads)
 
 
+@LAUNCHERS.register("submitit_local")
+@LAUNCHERS.register("slurm")
 class SubmititLauncher:
     checks_device = False
 
@@ -81,7 +86,12 @@ class SubmititLauncher:
         self.name, self.settings = name, settings
         self.cluster = "local" if name == "submitit_local" else "slurm"
 
+    def require(self) -> None:
+        require("submitit", "slurm", self.name)
+
     def executor(self, out_dir: Path):
+        import submitit
+
         s = self.settings
         folder = Path(s.folder) if s.folder else out_dir / "submitit"
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster, slurm_max_num_timeout=s.max_requeues)
@@ -98,7 +108,7 @@ class SubmititLauncher:
         return executor
 
     def run(self, points: list[Point], parent_id: str, update: Update, on_lost: Lost) -> None:
-        from ..interrupt import stop_requested
+        import submitit
 
         pending = [p for p in points if p.status == "PENDING"]
         if not pending:

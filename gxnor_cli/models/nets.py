@@ -1,11 +1,4 @@
-"""Networks from the paper's layer notation.
-
-    32C5-MP2-64C5-MP2-512FC-10
-    2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-1024FC-10
-
-``KxNCk``: K convolutions of N filters k x k (K defaults to 1); ``MPp``: p x p max-pool of
-the layer before; ``NFC``: dense layer of N units; the last token, a bare number, is the
-class count (a dense output layer).  Every hidden layer is
+"""Networks from the paper's layer notation (:mod:`.grammar`).  Every hidden layer is
 
     weights -> [max-pool] -> BatchNorm -> phi
 
@@ -18,59 +11,16 @@ sees the real inputs.  Weights are discrete (int8 states) unless ``weight_states
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .discrete import DiscreteConv2d, DiscreteLinear, Space, make_activation
-from .errors import UserError
-
-if TYPE_CHECKING:
-    from .config import Config, ModelConfig, QuantConfig
-
-TOKEN = re.compile(r"(?:(\d+)x)?(\d+)C(\d+)|MP(\d+)|(?:(\d+)x)?(\d+)FC|(\d+)")
-
-
-@dataclass
-class LayerSpec:
-    kind: str  # "conv" | "fc" | "out"
-    units: int
-    kernel: int = 0
-    pool: int = 0
-
-
-def parse_arch(arch: str) -> list[LayerSpec]:
-    """Layer specs of a paper-style string; a UserError says what is wrong."""
-    specs: list[LayerSpec] = []
-    tokens = arch.replace(" ", "").split("-")
-    for i, token in enumerate(tokens):
-        match = TOKEN.fullmatch(token)
-        if not match:
-            raise UserError(f"model.arch {arch!r}: cannot read {token!r} (use e.g. 32C5, 2x128C3, MP2, 512FC, 10)")
-        conv_rep, filters, kernel, pool, fc_rep, units, classes = match.groups()
-        if pool:
-            if not specs or specs[-1].kind != "conv" or specs[-1].pool:
-                raise UserError(f"model.arch {arch!r}: MP{pool} must follow a convolution")
-            specs[-1].pool = int(pool)
-        elif filters:
-            specs += [LayerSpec("conv", int(filters), int(kernel)) for _ in range(int(conv_rep or 1))]
-        elif units:
-            specs += [LayerSpec("fc", int(units)) for _ in range(int(fc_rep or 1))]
-        elif i != len(tokens) - 1:
-            raise UserError(f"model.arch {arch!r}: the bare class count {token!r} must come last")
-        else:
-            specs.append(LayerSpec("out", int(classes)))
-    if not specs or specs[-1].kind != "out":
-        raise UserError(f"model.arch {arch!r} must end with the class count, e.g. '-10'")
-    if any(s.units < 1 or (s.kind == "conv" and s.kernel < 1) for s in specs):
-        raise UserError(f"model.arch {arch!r}: layer sizes must be >= 1")
-    if any(a.kind != "conv" and b.kind == "conv" for a, b in zip(specs, specs[1:])):
-        raise UserError(f"model.arch {arch!r}: convolutions must come before dense layers")
-    return specs
-
+from ..checkpoint import CheckpointError
+from ..config import Config, ModelConfig, QuantConfig, from_dict
+from ..discrete import DiscreteConv2d, DiscreteLayer, DiscreteLinear, Space, make_activation
+from ..errors import UserError
+from .grammar import parse_arch
 
 class Block(nn.Module):
     """weights -> [max-pool] -> BatchNorm -> [phi]; dense blocks flatten their input."""
@@ -92,7 +42,7 @@ class Block(nn.Module):
         return self.act(x) if self.act is not None else x
 
 
-def build_model(model: "ModelConfig", quant: "QuantConfig", in_shape: tuple[int, int, int], num_classes: int,
+def build_model(model: ModelConfig, quant: QuantConfig, in_shape: tuple[int, int, int], num_classes: int,
                 seed: int = 0) -> nn.Sequential:
     """The network of ``model.arch`` with ``quant``'s spaces for inputs of ``in_shape`` (C, H, W);
     initial weights drawn with ``seed``."""
@@ -149,8 +99,6 @@ def start_from(model: nn.Sequential, source: nn.Sequential) -> None:
     (affine parameters and running statistics) are copied.  The source may be float or
     discrete of any state count; its discrete weights count by their values.
     """
-    from .discrete import DiscreteLayer
-
     if len(model) != len(source):
         raise UserError(f"model.init_from: that net has {len(source)} layers, this one {len(model)} "
                         f"(the same model.arch and model.width are needed)")
@@ -168,19 +116,15 @@ def start_from(model: nn.Sequential, source: nn.Sequential) -> None:
         mine.norm.load_state_dict(theirs.norm.state_dict())
 
 
-def model_from_config(cfg: "Config", in_shape, num_classes) -> nn.Sequential:
+def model_from_config(cfg: Config, in_shape, num_classes) -> nn.Sequential:
     """build_model with a Config's model and quant sections and its seed."""
     return build_model(cfg.model, cfg.quant, in_shape, num_classes, cfg.trainer.seed)
 
 
-def load_trained(payload: dict) -> tuple["Config", nn.Sequential]:
+def load_trained(payload: dict) -> tuple[Config, nn.Sequential]:
     """(cfg, model in eval mode) rebuilt from a checkpoint payload, checked in full: the config
     validates, every tensor fits the model it describes and every state lies in its space.
     Anything else is a CheckpointError (one line), raised before any run is touched."""
-    from .checkpoint import CheckpointError
-    from .config import from_dict
-    from .discrete import DiscreteLayer
-
     try:
         cfg = from_dict(payload["config"])
         model = model_from_config(cfg, tuple(payload["in_shape"]), payload["num_classes"])

@@ -1,6 +1,6 @@
 """MLflow tracking: the only module that imports mlflow.
 
-Where the store is comes from :class:`gxnor_cli.store.Store`.  A run gets the flattened
+Where the store is comes from :class:`.store.Store`.  A run gets the flattened
 config as params, tags (overrides, git sha, version, host and pid of the process that
 trains it), per-epoch metrics (step = epoch) and artifacts.  Sweeps nest child runs under
 a parent through the ``mlflow.parentRunId`` tag.  Logging goes through
@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import __version__
-from .errors import UserError
+from .. import __version__
+from ..errors import UserError
 from .store import Store, StoreError
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")

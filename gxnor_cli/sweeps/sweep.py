@@ -1,8 +1,8 @@
 """A sweep's bookkeeping: one parent MLflow run, a child run per grid point.
 
-    expand the grid (gxnor_cli.grid) -> check every point can run -> find or open the
-    parent -> a launcher (gxnor_cli.launchers) runs the remaining points -> results on the
-    parent (gxnor_cli.report: CSV and plots)
+    expand the grid (.grid) -> check every point can run -> find or open the parent ->
+    a launcher (.launchers) runs the remaining points -> results on the parent (.report:
+    CSV and plots)
 
 Running the same sweep again finds its parent by the sweep's identity and skips the points
 already FINISHED; a point whose child run was interrupted (KILLED, or RUNNING by a process
@@ -14,24 +14,25 @@ trials run, not what they compute: it is no part of the sweep's identity.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import tracking
-from .config import ConfigError
-from .errors import UserError
+from ..config import ConfigError
+from ..data import load_data
+from ..errors import UserError
+from ..models import model_from_config
+from ..tracking import Run, Store, check, child_runs, client, reap_stale
+from ..training.group import resolve_device
+from ..training.interrupt import check_stop
 from .grid import Point, expand, sweep_id
+from .launchers.base import Lost
 from .report import plot_heatmap, plot_tradeoff, write_csv
-from .store import Store
 
 
 def check_runnable(points: list[Point], check_device: bool = True) -> None:
     """Everything a trial needs that can be checked up front: data files, architecture, and the
     device where trials run here (on a cluster each trial checks it where it runs)."""
-    from .data import load_data
-    from .models import model_from_config
-    from .train import resolve_device
-
     seen = {}
     for p in points:
         c = p.cfg
@@ -48,20 +49,20 @@ def check_runnable(points: list[Point], check_device: bool = True) -> None:
             raise UserError(f"grid point {where}: {err}") from None
 
 
-def find_parent(store: Store, experiment: str, sid: str, points: list[Point], overrides: list[str]) -> tracking.Run:
+def find_parent(store: Store, experiment: str, sid: str, points: list[Point], overrides: list[str]) -> Run:
     """The parent run of this sweep (found again on a rerun, its points marked SKIPPED or
     to resume), or a new one."""
-    found = tracking.find_runs_by_tag(store, experiment, "gxnor.sweep_id", sid)
+    found = client.find_runs_by_tag(store, experiment, "gxnor.sweep_id", sid)
     if not found:
-        parent = tracking.Run(store, experiment, run_name=f"sweep-{sid[:8]}",
+        parent = Run(store, experiment, run_name=f"sweep-{sid[:8]}",
                               tags={"gxnor.sweep_id": sid, "gxnor.command": "sweep",
                                     "gxnor.overrides": " ".join(overrides)})
         parent.log_text(json.dumps([{"axes": p.axes, "overrides": p.overrides} for p in points], indent=1),
                         "grid.json")
         return parent
-    parent = tracking.Run(store, experiment, run_id=found[0]["run_id"])
+    parent = Run(store, experiment, run_id=found[0]["run_id"])
     by_key = {p.key: p for p in points}
-    for child in tracking.child_runs(store, parent.run_id, experiment):
+    for child in child_runs(store, parent.run_id, experiment):
         p = by_key.get(child["tags"].get("gxnor.point"))
         if p is None or p.status == "SKIPPED":
             continue
@@ -78,17 +79,13 @@ def find_parent(store: Store, experiment: str, sid: str, points: list[Point], ov
 def await_elsewhere(store: Store, experiment: str, points: list[Point], update, poll_s: float = 2.0) -> None:
     """Wait for the trials an earlier submission still runs (a rerun after the submitting
     process died), rather than train them twice; then treat each by how it ended."""
-    import time
-
-    from .interrupt import check_stop
-
     waiting = [p for p in points if p.status == "RUNNING"]
     while waiting:
         check_stop()
         time.sleep(poll_s)
-        tracking.reap_stale(store, experiment)
+        reap_stale(store, experiment)
         for p in list(waiting):
-            run = tracking.run_status(store, p.run_id)
+            run = client.run_status(store, p.run_id)
             if run["status"] == "RUNNING":
                 continue
             waiting.remove(p)
@@ -101,13 +98,8 @@ def await_elsewhere(store: Store, experiment: str, points: list[Point], update, 
         update(points)
 
 
-def execute(overrides: list[str], launcher, config_dir: Optional[Path] = None,
-            on_update: Optional[Callable[[list[Point]], None]] = None) -> tuple[list[Point], str, str]:
-    """Validate, open (or find) the parent run, run the remaining points, log the results.
-
-    Returns (points, parent run id, parent status).  KeyboardInterrupt ends the parent KILLED.
-    """
-    points = expand(overrides, config_dir)
+def validate(points: list[Point], checks_device: bool) -> None:
+    """One store and no resume for all points, and every point runnable (ConfigError / UserError)."""
     first = points[0].cfg
     for p in points:
         if (p.cfg.trainer.out_dir, p.cfg.tracking.uri, p.cfg.tracking.experiment) != \
@@ -115,38 +107,53 @@ def execute(overrides: list[str], launcher, config_dir: Optional[Path] = None,
             raise ConfigError("trainer.out_dir and tracking.* must be the same for every point of a sweep")
         if p.cfg.trainer.resume:
             raise ConfigError("trainer.resume cannot be used in a sweep; re-run the sweep to resume it")
-    check_runnable(points, check_device=launcher.checks_device)
-    store, experiment = Store.of_config(first), first.tracking.experiment
-    tracking.check(store)
-    tracking.reap_stale(store, experiment)
+    check_runnable(points, check_device=checks_device)
+
+
+def on_lost(store: Store, experiment: str, parent_id: str) -> Lost:
+    """What the sweep does for a trial whose process died before it could end its own run."""
+    def lost(point: Point, status: str, message: str) -> None:
+        # its newest child (MLflow lists the newest first), RUNNING or already reaped as KILLED
+        run_id = point.run_id or next((c["run_id"] for c in child_runs(store, parent_id, experiment)
+                                       if c["tags"].get("gxnor.point") == point.key
+                                       and c["status"] in ("RUNNING", "KILLED")), None)
+        if run_id is None:
+            return
+        point.run_id = run_id
+        run = Run(store, experiment, run_id=run_id, keep_status=True)
+        run.set_tags({"gxnor.error": message})
+        run.end(status)
+    return lost
+
+
+def execute(overrides: list[str], launcher, config_dir: Optional[Path] = None,
+            on_update: Optional[Callable[[list[Point]], None]] = None) -> tuple[list[Point], str, str]:
+    """Validate, open (or find) the parent run, run the remaining points, log the results.
+
+    Returns (points, parent run id, parent status).  KeyboardInterrupt ends the parent KILLED.
+    """
+    points = expand(overrides, config_dir)
+    validate(points, launcher.checks_device)
+    store, experiment = Store.of_config(points[0].cfg), points[0].cfg.tracking.experiment
+    check(store)
+    reap_stale(store, experiment)
     sid = sweep_id(points)
     parent = find_parent(store, experiment, sid, points, overrides)
     update = on_update or (lambda _: None)
     update(points)  # show skipped points and the grid before anything runs
     try:
         await_elsewhere(store, experiment, points, update)
+        launcher.run(points, parent.run_id, update, on_lost(store, experiment, parent.run_id))
     except KeyboardInterrupt:
         parent.end("KILLED")
         raise
+    status = log_results(parent, points, store.out_dir / "sweeps" / sid)
+    return points, parent.run_id, status
 
-    def lost(point: Point, status: str, message: str) -> None:
-        """End the run of a trial whose process died before it could."""
-        # its newest child (MLflow lists the newest first), RUNNING or already reaped as KILLED
-        run_id = point.run_id or next((c["run_id"] for c in tracking.child_runs(store, parent.run_id, experiment)
-                                       if c["tags"].get("gxnor.point") == point.key
-                                       and c["status"] in ("RUNNING", "KILLED")), None)
-        if run_id is None:
-            return
-        point.run_id = run_id
-        run = tracking.Run(store, experiment, run_id=run_id, keep_status=True)
-        run.set_tags({"gxnor.error": message})
-        run.end(status)
 
-    try:
-        launcher.run(points, parent.run_id, update, lost)
-    except KeyboardInterrupt:
-        parent.end("KILLED")
-        raise
+def log_results(parent: Run, points: list[Point], results: Path) -> str:
+    """Counts, failures, CSV and plots on the parent, which ends FINISHED or FAILED (returned).
+    The files are kept under ``results`` too: logged late if the store is away."""
     failed = [p for p in points if p.status == "FAILED"]
     for p in points:  # skipped points count as finished from here on
         if p.status == "SKIPPED":
@@ -157,7 +164,6 @@ def execute(overrides: list[str], launcher, config_dir: Optional[Path] = None,
                         "best_test_acc": best}, step=0)
     if failed:
         parent.set_tags({"gxnor.failed_points": "; ".join(f"{p.key}: {p.error}" for p in failed)[:5000]})
-    results = store.out_dir / "sweeps" / sid  # kept: logged late if the store is away
     (results / "plots").mkdir(parents=True, exist_ok=True)
     parent.log_artifact(write_csv(points, results / "results.csv"))
     parent.log_artifact(plot_tradeoff(points, results / "plots" / "accuracy_vs_resting.png"), "plots")
@@ -166,4 +172,4 @@ def execute(overrides: list[str], launcher, config_dir: Optional[Path] = None,
         parent.log_artifact(heat, "plots")
     status = "FAILED" if failed else "FINISHED"
     parent.end(status)
-    return points, parent.run_id, status
+    return status

@@ -31,33 +31,23 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint
-from .config import Config, rule_settings
-from .data import Dataset, batches
-from .discrete import DST, discrete_layers
-from .errors import RunFailed, UserError
-from .evaluate import evaluate
-from .interrupt import check_stop, stop_requested
-
-if TYPE_CHECKING:
-    from .distributed import Group
+from .. import checkpoint
+from ..config import Config, rule_settings
+from ..data import Dataset, batches
+from ..discrete import DST, discrete_layers
+from ..errors import RunFailed
+from ..models import evaluate
+from .group import Group
+from .interrupt import stop_requested
 
 EpochCallback = Callable[[dict], None]
 BatchCallback = Callable[[int, int], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu")
-    return torch.device(name)
 
 
 def squared_hinge(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -65,8 +55,8 @@ def squared_hinge(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (1 - targets * scores).clamp_(min=0).square().mean()
 
 
-def loss_fn(name: str):
-    return squared_hinge if name == "squared_hinge" else F.cross_entropy
+#: Losses by name (``trainer.loss``).
+LOSSES = {"squared_hinge": squared_hinge, "cross_entropy": F.cross_entropy}
 
 
 def lr_at(cfg: Config, epoch: int) -> float:
@@ -131,12 +121,13 @@ class Adam:
 class Trainer:
     """Model, data and optimizers of one run; ``fit`` trains, ``state``/``restore`` checkpoint."""
 
-    def __init__(self, cfg: Config, model: nn.Module, data: Dataset, device: torch.device, run_dir: Path,
-                 group: Optional["Group"] = None, teacher: Optional[nn.Module] = None):
-        self.cfg, self.data, self.device, self.run_dir = cfg, data, device, Path(run_dir)
+    def __init__(self, cfg: Config, model: nn.Module, data: Dataset, group: Group,
+                 teacher: Optional[nn.Module] = None, run_dir: Optional[Path] = None):
+        device = group.device
+        self.cfg, self.data, self.device, self.group = cfg, data, device, group
+        self.run_dir = Path(run_dir) if run_dir is not None else None  # set by attach() before fit
         self.teacher = teacher.to(device).eval() if teacher is not None else None
-        self.group = group  # data parallel: this rank's group (gxnor_cli.distributed), else None
-        self.main = group is None or group.main  # the one process that writes checkpoints
+        self.main = group.main  # the one process that writes checkpoints
         self.model = model.to(device)
         self.train_split, self.val_split, self.test_split = (data.train.to(device), data.val.to(device),
                                                              data.test.to(device))
@@ -152,12 +143,17 @@ class Trainer:
         if float_params:
             groups.append({"params": float_params, "lr": cfg.optim.lr, "base_lr": cfg.optim.lr})
         self.optimizer = Adam(groups)
-        self.loss = loss_fn(cfg.trainer.loss)
+        self.loss = LOSSES[cfg.trainer.loss]
         self.epoch = 0  # next epoch to run
         self.history: list[dict] = []
         self.best_val = -1.0
         self.best_state: Optional[dict] = None
         self.meta: dict = {}  # stored in every checkpoint (e.g. the MLflow run id)
+
+    def attach(self, run_dir: Path, **meta) -> None:
+        """Where checkpoints go, and what every checkpoint records (run id, its store)."""
+        self.run_dir = Path(run_dir)
+        self.meta.update(meta)
 
     # -- one epoch ------------------------------------------------------------
     def set_lr(self, epoch: int) -> float:
@@ -181,11 +177,10 @@ class Trainer:
         correct_sum = torch.zeros((), dtype=torch.long, device=self.device)
         float_params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for x, y in batches(self.train_split, cfg.trainer.batch_size, self.data.max_value, shuffle,
-                            augment_images=cfg.data.augment, min_last=2 * (group.world if group else 1)):
+                            augment_images=cfg.data.augment, min_last=2 * group.world):
             batch = len(y)
-            if group is not None:
-                share = group.share(batch)
-                x, y = x[share], y[share]
+            share = group.share(batch)
+            x, y = x[share], y[share]
             self.optimizer.zero_grad()
             scores = self.model(x)
             loss = self.loss(scores, y)
@@ -193,23 +188,18 @@ class Trainer:
                 with torch.no_grad():
                     target = self.teacher(x)
                 loss = loss + cfg.trainer.teacher_weight * (scores - target).square().mean()
-            # discrete layers apply their DST step in here
-            (loss if group is None else loss * (len(y) / batch)).backward()
-            if group is not None:
-                group.sum_grads(float_params)
+            # discrete layers apply their DST step in here; each rank's share weighs share / batch
+            (loss * (len(y) / batch)).backward()
+            group.sum_grads(float_params)
             self.optimizer.step()
-            if group is None:
-                check_stop()
-            elif group.any(stop_requested()):  # every rank stops at the same batch
+            if group.any(stop_requested()):  # every rank stops at the same batch
                 raise KeyboardInterrupt
             loss_sum += loss.detach() * len(y)
             correct_sum += (scores.detach().argmax(1) == y).sum()
             seen += batch
             if on_batch is not None:
                 on_batch(seen, len(self.train_split))
-        total_loss, correct = loss_sum.item(), correct_sum.item()
-        if group is not None:
-            total_loss, correct = group.sums(total_loss, correct)
+        total_loss, correct = group.sums(loss_sum.item(), correct_sum.item())
         if not math.isfinite(total_loss):
             raise RunFailed(f"training diverged at epoch {epoch + 1}: the loss is {total_loss} (try a smaller "
                             f"optim.lr or optim.bn_lr)")
@@ -225,9 +215,8 @@ class Trainer:
             elapsed = time.perf_counter() - start
             metrics["epoch_time_s"] = elapsed
             metrics["samples_per_s"] = len(self.train_split) / elapsed
-            if self.group is not None:
-                self.group.average_norm_statistics(self.model)
-                self.group.check_states(self.model, epoch + 1)
+            self.group.average_norm_statistics(self.model)
+            self.group.check_states(self.model, epoch + 1)
             if self.dst is not None:
                 rates = self.dst.transition_rates()
                 for name, rate in rates.items():

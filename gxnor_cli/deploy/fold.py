@@ -21,7 +21,6 @@ The last layer keeps its BN as a per-class affine map: score = (a c) A + b.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, packed
-from .discrete import DiscreteConv2d, DiscreteLayer, MultiStep
-from .discrete.activation import Steps
-from .errors import UserError
-from .models import load_trained
+from .. import __version__
+from ..data import Split
+from ..discrete import DiscreteConv2d, DiscreteLayer, MultiStep
+from ..discrete.activation import Steps
+from ..errors import UserError
+from ..models import load_trained, predict
+from . import packed
+from .formats import export_format
 
 BIG = 2**31 - 1  # "never" / "always" as an int32 threshold (accumulators stay far below)
 
@@ -135,23 +137,8 @@ def fp32_state_bytes(model: nn.Module) -> int:
     return 4 * sum(m.num_weights for m in model.modules() if isinstance(m, DiscreteLayer))
 
 
-def packed_weight_bytes(manifest: dict) -> int:
-    return sum(weight_blob_bytes(l["weight"], manifest["version"]) for l in manifest["layers"])
-
-
-def weight_blob_bytes(weight: dict, version: int) -> int:
-    """Bytes of a layer's weight blob: whole uint64 words (version 2) or whole bytes (version 1)."""
-    count = math.prod(weight["shape"])
-    if version >= 2:
-        return 8 * -(-count // packed.per_word(weight["states"]))
-    return math.ceil(count * weight["bits"] / 8)
-
-
 def predict_torch(model: nn.Module, images: torch.Tensor, max_value: float, batch_size: int = 500) -> np.ndarray:
     """The torch model's eval predictions (reference for the engine)."""
-    from .data import Split
-    from .evaluate import predict
-
     split = Split(images, torch.zeros(len(images), dtype=torch.long))
     return predict(model, split, max_value, batch_size).numpy()
 
@@ -171,3 +158,9 @@ def export_run(payload: dict, out: Path, version: int = packed.VERSION) -> tuple
     manifest = export_packed(model, payload["in_shape"], payload["num_classes"], payload["max_value"],
                              source_info(payload, cfg), out, version)
     return manifest, model
+
+
+@export_format("packed", suffix=".gxnor")
+def export_packed_file(payload: dict, path: Path) -> int:
+    """The packed format at the true bit width; returns the file size."""
+    return export_run(payload, path)[0]["bytes"]

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import Config, ConfigError, compose, default_config_dir, parse_overrides
+import yaml
+
+from ..config import Config, ConfigError, compose, default_config_dir, parse_overrides
 
 
 @dataclass
@@ -39,8 +41,6 @@ class Point:
 
 def load_grid(name: str, config_dir: Path) -> list[str]:
     """Overrides of a named grid, conf/sweep/NAME.yaml: ``grid: {key: "a,b"}`` and ``fixed: [k=v]``."""
-    import yaml
-
     path = config_dir / "sweep" / f"{name}.yaml"
     if not path.is_file():
         options = sorted(p.stem for p in (config_dir / "sweep").glob("*.yaml"))

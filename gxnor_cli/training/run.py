@@ -1,4 +1,7 @@
-"""One tracked training run: config -> data -> model -> Trainer, logged to MLflow.
+"""One tracked training run in one process: config -> data -> model -> Trainer, logged to MLflow.
+
+The same function trains a plain process (a group of one) and each of N data-parallel
+ranks (:mod:`.launch` starts them).
 
 Everything a user can get wrong (config, data files, architecture, checkpoint to resume)
 is checked before the MLflow run is created, so a bad input leaves no half-made run.
@@ -8,21 +11,23 @@ resolved config and the plots are also logged to the run as artifacts.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import torch
 
-from . import checkpoint, distributed, tracking
-from .checkpoint import CheckpointError
-from .config import SELECTABLE, Config, ConfigError, flatten, from_dict
-from .data import Dataset, load_data
-from .errors import UserError
-from .evaluate import state_histograms
-from .models import load_trained, model_from_config, start_from
-from .report import plot_curves, plot_histograms
-from .store import Store
-from .train import Trainer, resolve_device
+from .. import checkpoint
+from ..checkpoint import CheckpointError
+from ..config import SELECTABLE, Config, ConfigError, flatten, from_dict
+from ..data import Dataset, load_data
+from ..errors import UserError
+from ..models import load_trained, model_from_config, start_from, state_histograms
+from ..tracking import NoRun, Run, Store, check, locate_checkpoint, reap_stale
+from ..tracking.report import plot_curves, plot_histograms
+from .group import check_world, join, synchronise_norm
+from .loop import Trainer
 
 #: Keys that may change when a run is resumed (the rest must stay as the run started).
 RESUMABLE = ("trainer.epochs", "trainer.device", "trainer.threads", "trainer.resume", "trainer.out_dir",
@@ -53,7 +58,7 @@ def load_resume(cfg: Config, overrides: list[str]) -> tuple[Config, dict, Store]
     (the file, its config, that its tensors fit, that its states lie in their spaces) before
     the run is touched."""
     store = Store.of_config(cfg)
-    payload = checkpoint.load(store.locate_checkpoint(cfg.trainer.resume, "last.pt"))
+    payload = checkpoint.load(locate_checkpoint(store, cfg.trainer.resume, "last.pt"))
     if "optimizer" not in payload or "run_id" not in payload:
         raise UserError(f"{cfg.trainer.resume} is a model checkpoint, not a resumable last.pt")
     load_trained(payload)
@@ -82,7 +87,7 @@ def teacher_of(cfg: Config, data: Dataset) -> Optional[torch.nn.Module]:
 def trained_net(cfg: Config, key: str, ref: str, data: Dataset) -> torch.nn.Module:
     """The selected model (best.pt) of the run or checkpoint ``ref`` (what setting ``key``
     says), in eval mode, checked to take this data's inputs and classes."""
-    payload = checkpoint.load(Store.of_config(cfg).locate_checkpoint(ref, "best.pt"))
+    payload = checkpoint.load(locate_checkpoint(Store.of_config(cfg), ref, "best.pt"))
     _, net = load_trained(payload)
     theirs = (tuple(payload["in_shape"]), payload["num_classes"], payload.get("max_value"))
     ours = (tuple(data.shape), data.num_classes, data.max_value)
@@ -94,8 +99,6 @@ def trained_net(cfg: Config, key: str, ref: str, data: Dataset) -> torch.nn.Modu
 
 def dataset_digest(data: Dataset) -> str:
     """A short content hash of the training, validation and test images and labels."""
-    import hashlib
-
     h = hashlib.sha1()
     for split in (data.train, data.val, data.test):
         h.update(split.images.numpy().tobytes())
@@ -105,82 +108,96 @@ def dataset_digest(data: Dataset) -> str:
 
 def open_run(cfg: Config, store: Store, data: Dataset, overrides: list[str], payload: Optional[dict] = None,
              run_id: Optional[str] = None, parent_id: Optional[str] = None,
-             tags: Optional[dict] = None) -> "tracking.Run":
+             tags: Optional[dict] = None) -> Run:
     """The MLflow run to train into: ``run_id`` (opened by the process that launched the
     ranks), the resumed run of ``payload``, or a new one with the config as params."""
-    tracking.check(store)
-    tracking.reap_stale(store, cfg.tracking.experiment)
+    check(store)
+    reap_stale(store, cfg.tracking.experiment)
     if run_id or payload is not None:
-        return tracking.Run(store, cfg.tracking.experiment, run_id=run_id or payload["run_id"])
+        return Run(store, cfg.tracking.experiment, run_id=run_id or payload["run_id"])
     all_tags = {"gxnor.overrides": " ".join(overrides), **(tags or {})}
-    run = tracking.Run(store, cfg.tracking.experiment, run_name=cfg.tracking.run_name, tags=all_tags,
+    run = Run(store, cfg.tracking.experiment, run_name=cfg.tracking.run_name, tags=all_tags,
                        parent_id=parent_id)
     run.log_params(flatten(cfg))
     run.log_input(cfg.data.name, dataset_digest(data), cfg.data.root or cfg.data.name, "training")
     return run
 
 
-def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Optional[Callable[[dict], None]] = None,
-              on_start: Optional[Callable[[str, Config], None]] = None, parent_id: Optional[str] = None,
-              tags: Optional[dict] = None, on_batch: Optional[Callable[[int, int], None]] = None,
-              run_id: Optional[str] = None) -> dict:
-    """Train one run (new or resumed) and return its final metrics with ``run_id``.
+@dataclass(frozen=True)
+class Hooks:
+    """What the caller hears of a run: its start (run id, config), each epoch's metrics, and
+    progress within an epoch (samples done, samples in the epoch).  Only rank 0 calls them."""
 
-    With ``trainer.devices`` > 1 in a plain process, this starts the ranks (gxnor_cli.distributed)
-    and waits for them; in a rank, it trains its share and rank 0 logs (``run_id``: the run
-    the launching process opened)."""
-    overrides = list(overrides or [])
-    group = distributed.current(cfg.trainer.device)
-    payload, store = None, Store.of_config(cfg)
+    on_start: Callable[[str, Config], None] = lambda run_id, cfg: None
+    on_epoch: Callable[[dict], None] = lambda metrics: None
+    on_batch: Optional[Callable[[int, int], None]] = None
+
+
+def restore(trainer: Trainer, payload: dict, ref: str) -> None:
+    """Continue ``trainer`` from a last.pt payload; a file that does not fit is a CheckpointError."""
+    try:
+        trainer.restore(payload)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        raise CheckpointError(f"{ref}: cannot restore the training state: {first}") from None
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a run starts from: its config, the last.pt payload it resumes (None for a new
+    run), its store and the overrides it was given."""
+
+    cfg: Config
+    payload: Optional[dict]
+    store: Store
+    overrides: list[str]
+
+
+def resolve(cfg: Config, overrides: Sequence[str] = ()) -> Start:
+    """The start of a new run, or of the run ``trainer.resume`` names (checked in full)."""
     if cfg.trainer.resume:
-        cfg, payload, store = load_resume(cfg, overrides)
-    distributed.check_world(cfg, payload, group)
-    if group is None and cfg.trainer.devices > 1:
-        data, _ = prepare(cfg)  # files, architecture and teacher checked before any rank starts
-        teacher_of(cfg, data)
-        # the ranks print a line per epoch; the result comes back from rank 0
-        return distributed.launch(cfg, overrides, lambda: open_run(cfg, store, data, overrides, payload,
-                                                                   parent_id=parent_id, tags=tags))
-    device = group.device if group is not None else resolve_device(cfg.trainer.device)
+        return Start(*load_resume(cfg, list(overrides)), list(overrides))
+    return Start(cfg, None, Store.of_config(cfg), list(overrides))
+
+
+def train_run(start: Start, hooks: Hooks = Hooks(), parent_id: Optional[str] = None,
+              tags: Optional[dict] = None, run_id: Optional[str] = None) -> dict:
+    """Train one run (new or resumed) in this process's group and return its final metrics.
+
+    One process is a group of one; in a group of ranks every rank runs this, rank 0 logs
+    (``run_id``: the run that the launching process opened).  Everything a user can get
+    wrong is checked before the run is created or touched."""
+    group = join(start.cfg.trainer.device)
+    cfg, payload, store = check_world(start.cfg, start.payload, group.world), start.payload, start.store
     data, model = prepare(cfg)
-    model = distributed.synchronise_norm(model, group, cfg)
-    teacher = teacher_of(cfg, data)
-
-    def make_trainer(run_id: str) -> Trainer:
-        trainer = Trainer(cfg, model, data, device, store.checkpoint_dir(run_id), group, teacher)
-        trainer.meta.update(run_id=run_id, tracking_uri=store.uri, out_dir=str(store.out_dir))
-        return trainer
-
-    trainer = None
+    trainer = Trainer(cfg, synchronise_norm(model, group, cfg), data, group, teacher_of(cfg, data))
     if payload is not None:  # restored before the run is touched: a bad file changes nothing
-        trainer = make_trainer(payload["run_id"])
-        try:
-            trainer.restore(payload)
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{cfg.trainer.resume}: cannot restore the training state: "
-                                  f"{str(err).strip().splitlines()[0] if str(err).strip() else err!r}") from None
+        restore(trainer, payload, cfg.trainer.resume)
+    run = open_run(cfg, store, data, start.overrides, payload, run_id, parent_id, tags) if group.main else NoRun()
+    run.run_id = group.broadcast(run.run_id)
+    trainer.attach(store.checkpoint_dir(run.run_id), run_id=run.run_id, tracking_uri=store.uri,
+                   out_dir=str(store.out_dir))
+    if group.main:
+        hooks.on_start(run.run_id, cfg)
+    result = fit_logged(run, trainer, hooks)
+    return {"run_id": run.run_id, "tracking_uri": store.uri, "checkpoint": str(trainer.run_dir / "best.pt"),
+            "device": str(group.device), "devices": group.world, "rank": group.rank, **result}
 
-    if group is None or group.main:
-        run = open_run(cfg, store, data, overrides, payload, run_id, parent_id, tags)
-    else:
-        run = tracking.NoRun()
-    if group is not None:
-        run.run_id = group.broadcast(run.run_id)
-    if trainer is None:
-        trainer = make_trainer(run.run_id)
-    if on_start is not None and trainer.main:
-        on_start(run.run_id, cfg)
+
+def fit_logged(run: Run, trainer: Trainer, hooks: Hooks) -> dict:
+    """``trainer.fit`` with every epoch logged to ``run``, which ends with the run's true status."""
+    main = trainer.group.main
 
     def epoch_done(metrics: dict) -> None:
         run.log_metrics(metrics, step=metrics["epoch"])
-        if on_epoch is not None and trainer.main:
-            on_epoch(metrics)
+        if main:
+            hooks.on_epoch(metrics)
 
     stop_heartbeat = run.start_heartbeat()
     try:
-        result = trainer.fit(epoch_done, on_batch if trainer.main else None)
-        run.log_metrics(result, step=cfg.trainer.epochs)
-        if trainer.main:
+        result = trainer.fit(epoch_done, hooks.on_batch if main else None)
+        run.log_metrics(result, step=trainer.cfg.trainer.epochs)
+        if main:
             log_artifacts(run, trainer)
     except KeyboardInterrupt:
         stop_heartbeat()
@@ -193,11 +210,10 @@ def train_run(cfg: Config, overrides: Optional[list[str]] = None, on_epoch: Opti
         raise
     stop_heartbeat()
     run.end("FINISHED")
-    return {"run_id": run.run_id, "tracking_uri": store.uri, "checkpoint": str(trainer.run_dir / "best.pt"),
-            "device": str(device), "devices": cfg.trainer.devices, "rank": group.rank if group else 0, **result}
+    return result
 
 
-def log_artifacts(run: "tracking.Run", trainer: Trainer) -> None:
+def log_artifacts(run: Run, trainer: Trainer) -> None:
     """Resolved config, the selected checkpoint and the plots."""
     import yaml
 

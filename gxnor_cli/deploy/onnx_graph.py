@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .discrete import DiscreteConv2d, DiscreteLayer, MultiStep
-from .errors import UserError
-from .export import bn_affine
-from .models import load_trained
+from ..checkpoint import atomic_write
+from ..discrete import DiscreteConv2d, DiscreteLayer, MultiStep
+from ..errors import UserError
+from ..models import load_trained
+from .fold import bn_affine
+from .formats import export_format
 
 OPSET = 17
 
@@ -62,7 +64,6 @@ class GraphBuilder:
         import onnx
         from onnx import TensorProto, helper
 
-        from .checkpoint import atomic_write
 
         self.nodes[-1].output[0] = "scores"
         graph = helper.make_graph(
@@ -77,6 +78,7 @@ class GraphBuilder:
         return len(data)
 
 
+@export_format("onnx", suffix=".onnx")
 def export_onnx(payload: dict, path: Path) -> int:
     """Write the checkpoint ``payload`` as an ONNX model; returns the file size."""
     require_onnx("onnx")

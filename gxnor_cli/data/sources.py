@@ -1,4 +1,4 @@
-"""Datasets as in-memory uint8 tensors, split into train / val / test, and batches in [-1, 1].
+"""Where datasets come from: each a registered reader of its standard files.
 
 Formats read (each from its standard files in ``data.root``):
 
@@ -10,7 +10,10 @@ Formats read (each from its standard files in ``data.root``):
 
 Missing files are downloaded when ``data.download=true`` (checksums verified, written
 atomically); otherwise, and for corrupt files, a :class:`DataError` names what was
-expected and where.  Inputs are scaled to [-1, 1]: x = 2 v / v_max - 1.
+expected and where.
+
+A dataset is one decorated reader: ``@source("name")`` on a function
+``read(roots, download) -> (train Split, test Split)``.
 """
 
 from __future__ import annotations
@@ -25,16 +28,13 @@ import tarfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .errors import UserError
-
-if TYPE_CHECKING:
-    from .config import DataConfig
+from ..registry import Registry
+from .splits import DataError, Split
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -53,47 +53,6 @@ DOWNLOADS: dict[str, list[tuple[str, str]]] = {
     "svhn": [("http://ufldl.stanford.edu/housenumbers/train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
              ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3")],
 }
-
-
-class DataError(UserError):
-    """Dataset files missing, unreadable or corrupt."""
-
-
-@dataclass
-class Split:
-    """Images (uint8, N x C x H x W) and integer labels."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, index: torch.Tensor) -> "Split":
-        return Split(self.images[index], self.labels[index])
-
-    def to(self, device) -> "Split":
-        return Split(self.images.to(device), self.labels.to(device))
-
-
-@dataclass
-class Dataset:
-    name: str
-    train: Split
-    val: Split
-    test: Split
-    max_value: float  # raw value that maps to +1
-    num_classes: int
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one input."""
-        return tuple(self.train.images.shape[1:])
-
-    def split(self, name: str) -> Split:
-        if name not in ("train", "val", "test"):
-            raise DataError(f"unknown split {name!r}; choose train, val or test")
-        return getattr(self, name)
 
 
 # -- files ---------------------------------------------------------------------------
@@ -290,79 +249,63 @@ def load_digits_splits() -> tuple[Split, Split]:
     return Split(images[order[n_test:]], labels[order[n_test:]]), Split(images[order[:n_test]], labels[order[:n_test]])
 
 
-# -- the entry point -------------------------------------------------------------------
-MAX_VALUE = {"digits": 16.0}
+# -- the registry ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """How to read one dataset: ``read(roots, download) -> (train, test)``; ``max_value``, the
+    raw value that maps to +1; ``fallback``, a directory searched when ``data.root`` is unset."""
+
+    read: Callable[[list[Path], bool], tuple[Split, Split]]
+    max_value: float = 255.0
+    fallback: Optional[Path] = None
+
+
+#: Datasets by name (``data.name``), in the order users see them.
+DATASETS = Registry("dataset")
+
+
+def source(name: str, max_value: float = 255.0, fallback: Optional[Path] = None):
+    """Decorator: register ``read(roots, download)`` as the dataset ``name``."""
+    def add(read):
+        DATASETS.register(name)(Source(read, max_value, fallback))
+        return read
+    return add
+
+
+@source("digits", max_value=16.0)
+def digits(roots: list[Path], download: bool) -> tuple[Split, Split]:
+    return load_digits_splits()
+
+
+@source("mnist")
+def mnist(roots: list[Path], download: bool) -> tuple[Split, Split]:
+    _ensure("mnist", roots[0], list(IDX_FILES), download)
+    return load_idx("mnist", roots)
+
+
+@source("fashion_mnist", fallback=DEBIAN_FASHION_MNIST)
+def fashion_mnist(roots: list[Path], download: bool) -> tuple[Split, Split]:
+    _ensure("fashion_mnist", roots[0], list(IDX_FILES), download)
+    return load_idx("fashion_mnist", roots)
+
+
+@source("cifar10")
+def cifar10(roots: list[Path], download: bool) -> tuple[Split, Split]:
+    if download and not (roots[0] / "cifar-10-batches-py").is_dir():
+        _ensure("cifar10", roots[0], ["cifar-10-python.tar.gz"], True)
+    return load_cifar10(roots)
+
+
+@source("svhn")
+def svhn(roots: list[Path], download: bool) -> tuple[Split, Split]:
+    _ensure("svhn", roots[0], ["train_32x32.mat", "test_32x32.mat"], download)
+    return load_svhn(roots)
 
 
 def data_roots(name: str, root: Optional[str]) -> list[Path]:
-    roots = [Path(root).expanduser()] if root else [Path("data") / name]
-    if name == "fashion_mnist" and not root:
-        roots.append(DEBIAN_FASHION_MNIST)
-    return roots
-
-
-def load_data(section: "DataConfig", val_fraction: float = 0.1, seed: int = 0) -> Dataset:
-    """Read the dataset a ``data`` config section names (its files from ``section.root``,
-    downloaded when ``section.download``) and carve a seeded validation split of
-    ``val_fraction`` from its training part; ``section.limit`` keeps the first N of the rest."""
-    name, download_missing, limit = section.name, section.download, section.limit
-    roots = data_roots(name, section.root)
-    if name == "digits":
-        train, test = load_digits_splits()
-    elif name in ("mnist", "fashion_mnist"):
-        _ensure(name, roots[0], list(IDX_FILES), download_missing)
-        train, test = load_idx(name, roots)
-    elif name == "cifar10":
-        if download_missing and not (roots[0] / "cifar-10-batches-py").is_dir():
-            _ensure(name, roots[0], ["cifar-10-python.tar.gz"], True)
-        train, test = load_cifar10(roots)
-    elif name == "svhn":
-        _ensure(name, roots[0], ["train_32x32.mat", "test_32x32.mat"], download_missing)
-        train, test = load_svhn(roots)
-    else:
-        raise DataError(f"unknown dataset {name!r}")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(round(len(train) * val_fraction)))
-    val, rest = train.subset(order[:n_val]), train.subset(order[n_val:])
-    if limit is not None:
-        rest = rest.subset(torch.arange(min(limit, len(rest))))
-    num_classes = int(max(train.labels.max(), test.labels.max()).item()) + 1
-    return Dataset(name, rest, val, test, MAX_VALUE.get(name, 255.0), num_classes)
-
-
-def scale(images: torch.Tensor, max_value: float) -> torch.Tensor:
-    """uint8 -> float in [-1, 1]."""
-    return images.float().mul_(2.0 / max_value).sub_(1.0)
-
-
-def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop (zero padding ``pad``) and horizontal flip, per sample."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
-    out = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
-
-
-def batches(split: Split, batch_size: int, max_value: float, generator: Optional[torch.Generator] = None,
-            augment_images: bool = False, min_last: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Float batches in [-1, 1]; shuffled when ``generator`` is given (training).
-
-    In training a last batch smaller than ``min_last`` (BatchNorm cannot normalise a single
-    sample; data parallel, each rank needs two) is merged into the batch before it."""
-    n = len(split)
-    order = torch.randperm(n, generator=generator).to(split.labels.device) if generator is not None else None
-    starts = list(range(0, n, batch_size))
-    if order is not None and len(starts) > 1 and n - starts[-1] < min_last:
-        starts.pop()
-    for i, start in enumerate(starts):
-        end = starts[i + 1] if i + 1 < len(starts) else n
-        index = order[start:end] if order is not None else slice(start, end)
-        x = scale(split.images[index], max_value)
-        if augment_images and generator is not None:
-            x = augment(x, generator)
-        yield x, split.labels[index]
+    """Where the files of ``name`` are looked for: ``root`` (data.root), else data/<name> and
+    the dataset's fallback directory."""
+    if root:
+        return [Path(root).expanduser()]
+    fallback = DATASETS[name].fallback
+    return [Path("data") / name] + ([fallback] if fallback else [])

@@ -1,6 +1,6 @@
 """QONNX export: the packed model's integer arithmetic as a QONNX graph (FINN-style flows).
 
-Built from the packed form (gxnor_cli.export), so it computes exactly what the packed
+Built from the packed form (:mod:`.fold`), so it computes exactly what the packed
 engine computes.  Input: raw values v (float32, N x C x H x W, 0 .. max_value).  Per layer:
 
     u = 2 v - max_value                                     (first layer only)
@@ -22,18 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .onnx_export import GraphBuilder, require_onnx
+from .engine import PackedModel
+from .fold import export_run
+from .formats import export_format
+from .onnx_graph import GraphBuilder, require_onnx
 
 DOMAIN = "qonnx.custom_op.general"
 
 
+@export_format("qonnx", suffix=".qonnx.onnx")
 def export_qonnx(payload: dict, path: Path) -> int:
     """Write the checkpoint ``payload`` as a QONNX model; returns the file size."""
     require_onnx("qonnx")
     from onnx import TensorProto
-
-    from .engine import PackedModel
-    from .export import export_run
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest, _ = export_run(payload, Path(tmp) / "model.gxnor")

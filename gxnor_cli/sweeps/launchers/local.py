@@ -21,8 +21,10 @@ import threading
 from dataclasses import dataclass
 from typing import Optional
 
+from ...training.interrupt import install_interrupt_handler, stop_requested
 from ..grid import Point
-from . import Lost, Update, record, run_trial
+from ..trial import record, run_trial
+from .base import LAUNCHERS, Lost, Update
 
 
 # -- the local launcher ------------------------------------------------------------------------
@@ -55,7 +57,6 @@ def _worker(conn, point: Point, parent_id: str, threads: int, parent: int) -> No
     os.setpgrp()  # a terminal's Ctrl-C reaches the sweep only, which passes it on once
     import torch
 
-    from ..interrupt import install_interrupt_handler
 
     install_interrupt_handler(quiet=True, escalate=False)
     _die_with_parent(parent)
@@ -72,6 +73,7 @@ def _worker(conn, point: Point, parent_id: str, threads: int, parent: int) -> No
     conn.close()
 
 
+@LAUNCHERS.register("local")
 class LocalLauncher:
     """Trials on this machine: in process, or up to ``--jobs`` worker processes."""
 
@@ -84,8 +86,11 @@ class LocalLauncher:
     def __init__(self, name: str = "local", jobs: int = 1, settings: Optional[Settings] = None):
         self.name, self.jobs = name, max(1, jobs)
 
+    def require(self) -> None:
+        """Nothing beyond gxnor itself."""
+
     def run(self, points: list[Point], parent_id: str, update: Update, on_lost: Lost) -> None:
-        """Run every PENDING point (see gxnor_cli.launchers)."""
+        """Run every PENDING point (see .base)."""
         if self.jobs == 1:
             self._in_process(points, parent_id, update)
         else:
@@ -112,7 +117,6 @@ class LocalLauncher:
         import multiprocessing
         from multiprocessing.connection import wait
 
-        from ..interrupt import stop_requested
 
         context = multiprocessing.get_context("spawn")
         threads = max(1, (os.cpu_count() or 1) // self.jobs)

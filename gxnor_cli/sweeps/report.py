@@ -1,104 +1,17 @@
-"""What people read: rich tables on the terminal, PNG plots and CSV files for MLflow.
-
-Runs get learning curves and state histograms; sweeps get their results table (sorted by
-test accuracy, the Pareto front of accuracy vs resting probability marked), a CSV, the
-accuracy-vs-resting plot and the weight x activation state heatmap.
-"""
+"""A sweep's results: the table (sorted by test accuracy, the Pareto front of accuracy vs
+resting probability marked), a CSV, the accuracy-vs-resting plot and the weight x
+activation state heatmap."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+from typing import Optional
 
-from rich.console import Console
-from rich.table import Table
-
-if TYPE_CHECKING:
-    from .grid import Point
+from ..tracking.report import pyplot
+from .grid import Point
 
 
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence], console: Optional[Console] = None) -> None:
-    out = Table(title=title, title_justify="left")
-    for i, name in enumerate(columns):
-        out.add_column(name, justify="left" if i == 0 else "right")
-    for row in rows:
-        out.add_row(*(fmt(v) for v in row))
-    (console or Console()).print(out)
-
-
-def epoch_line(m: dict, total: int) -> str:
-    """One plain line for an epoch's metrics (logs, sweeps, data-parallel rank 0)."""
-    parts = [f"epoch {m['epoch']}/{total}", f"loss {m['train_loss']:.4f}", f"train {m['train_acc']:.4f}",
-             f"val {m['val_acc']:.4f}", f"lr {m['lr']:.3g}", f"{m['epoch_time_s']:.1f}s"]
-    if "resting_prob" in m:
-        parts.append(f"resting {m['resting_prob']:.3f}")
-    return "  ".join(parts)
-
-
-def fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return "" if value is None else str(value)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(history: list[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch, plus sparsity and transition rate."""
-    plt = _pyplot()
-    epochs = [m["epoch"] for m in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [m["train_loss"] for m in history], label="train loss")
-    axes[0].set_xlabel("epoch")
-    axes[0].legend()
-    axes[1].plot(epochs, [m["train_acc"] for m in history], label="train acc")
-    axes[1].plot(epochs, [m["val_acc"] for m in history], label="val acc")
-    axes[1].set_xlabel("epoch")
-    axes[1].legend()
-    for key in ("weight_zero_frac", "act_zero_frac", "resting_prob", "transition_rate"):
-        if key in history[0]:
-            axes[2].plot(epochs, [m.get(key, float("nan")) for m in history], label=key)
-    axes[2].set_xlabel("epoch")
-    axes[2].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def plot_histograms(weight_hist: dict[str, dict[float, int]], act_hist: dict[str, dict[float, int]],
-                    path: Path) -> Path:
-    """Share of each state, per layer: weights (top row) and activations on data (bottom)."""
-    plt = _pyplot()
-    cols = max(len(weight_hist), len(act_hist), 1)
-    fig, axes = plt.subplots(2, cols, figsize=(3 * cols, 5), squeeze=False)
-    for row, hists, what in ((0, weight_hist, "weights"), (1, act_hist, "activations")):
-        for ax in axes[row]:
-            ax.set_visible(False)
-        for ax, (name, counts) in zip(axes[row], hists.items()):
-            ax.set_visible(True)
-            total = sum(counts.values()) or 1
-            values = sorted(counts)
-            ax.bar([str(round(v, 3) + 0.0) for v in values], [counts[v] / total for v in values])
-            ax.set_title(f"{name} {what}", fontsize=9)
-            ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-# -- sweeps ---------------------------------------------------------------------------
-def pareto(points: list["Point"], x: str = "test_resting_prob", y: str = "test_acc") -> set[str]:
+def pareto(points: list[Point], x: str = "test_resting_prob", y: str = "test_acc") -> set[str]:
     """Keys of the points no other point beats on both ``x`` and ``y`` (higher is better)."""
     scored = [(p.key, p.metrics[x], p.metrics[y]) for p in points
               if p.status == "FINISHED" and x in p.metrics and y in p.metrics]
@@ -109,7 +22,7 @@ def pareto(points: list["Point"], x: str = "test_resting_prob", y: str = "test_a
     return front
 
 
-def results_rows(points: list["Point"], short: bool = False) -> tuple[list[str], list[list]]:
+def results_rows(points: list[Point], short: bool = False) -> tuple[list[str], list[list]]:
     """Table rows sorted by test accuracy, Pareto points marked with '*' (``short``: for screens)."""
     front = pareto(points)
     axes = list(points[0].axes) if points else []
@@ -125,9 +38,9 @@ def results_rows(points: list["Point"], short: bool = False) -> tuple[list[str],
     return columns, rows
 
 
-def plot_tradeoff(points: list["Point"], path: Path) -> Path:
+def plot_tradeoff(points: list[Point], path: Path) -> Path:
     """Test accuracy vs resting probability, Pareto front marked."""
-    plt = _pyplot()
+    plt = pyplot()
     front = pareto(points)
     done = [p for p in points if p.status == "FINISHED" and "test_resting_prob" in p.metrics]
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -149,7 +62,7 @@ def plot_tradeoff(points: list["Point"], path: Path) -> Path:
     return path
 
 
-def plot_heatmap(points: list["Point"], path: Path) -> Optional[Path]:
+def plot_heatmap(points: list[Point], path: Path) -> Optional[Path]:
     """Best test accuracy over weight x activation state counts (when both are known)."""
     cells: dict[tuple[str, str], float] = {}
     for p in points:
@@ -161,7 +74,7 @@ def plot_heatmap(points: list["Point"], path: Path) -> Optional[Path]:
     acts = sorted({c[1] for c in cells}, key=_state_order)
     if len(ws) * len(acts) < 2:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     grid = [[cells.get((w, a), float("nan")) for a in acts] for w in ws]
     fig, ax = plt.subplots(figsize=(1.3 * len(acts) + 2.5, 1.0 * len(ws) + 2))
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
@@ -184,7 +97,7 @@ def _state_order(value: str) -> float:
     return float("inf") if value == "None" else float(value)
 
 
-def write_csv(points: list["Point"], path: Path) -> Path:
+def write_csv(points: list[Point], path: Path) -> Path:
     import csv
 
     columns, rows = results_rows(points)

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-import ray
-
+from ...training.interrupt import stop_requested
 from ..grid import Point
-from . import Lost, Update, record, run_trial, short_error
+from ..trial import record, run_trial, short_error
+from .base import LAUNCHERS, Lost, Update, require
 
 
 def _trial(point: Point, parent_id: str, threads: int) -> dict:
@@ -24,6 +24,7 @@ def _trial(point: Point, parent_id: str, threads: int) -> dict:
     return result
 
 
+@LAUNCHERS.register("ray")
 class RayLauncher:
     checks_device = False
 
@@ -42,8 +43,11 @@ class RayLauncher:
     def __init__(self, name: str, jobs: int, settings: Settings):
         self.name, self.settings = name, settings
 
+    def require(self) -> None:
+        require("ray", "ray", self.name)
+
     def run(self, points: list[Point], parent_id: str, update: Update, on_lost: Lost) -> None:
-        from ..interrupt import stop_requested
+        import ray
 
         pending = [p for p in points if p.status == "PENDING"]
         if not pending:

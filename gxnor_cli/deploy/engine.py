@@ -8,14 +8,15 @@ each is an exact integer) and in float64 otherwise (exact below 2^53).  The gate
 are counted from column sums of the non-zero masks: sum_f (sum_r nz_x[r, f]) (sum_o nz_w[o, f]).
 
 ``xnor`` (the reference of the method): layers whose weights and inputs both have at most
-three states (codes in {-1, 0, 1}) run as gated XNOR on bit-packed masks (method.md s. 6).
+three states (codes in {-1, 0, 1}) run as gated XNOR on bit-packed masks (docs/method.md s. 6).
 Along the input axis, in 64-bit words,
 
     gate = nz(w) & nz(x)                  (both non-zero: the operation happens)
     xnor = ~(sign(w) ^ sign(x))           (signs agree: the product is +1)
     A    = 2 popcount(gate & xnor) - popcount(gate)
 
-Other layers (more states, or the first layer on real inputs) take the gemm path in both.  BatchNorm and phi are integer thresholds (see gxnor_cli.export); the last
+Other layers (more states, or the first layer on real inputs) take the gemm path in both.
+BatchNorm and phi are integer thresholds (see :mod:`.fold`); the last
 layer's scores are scale * A + shift.  The engine counts, per layer and on the data it
 runs: weight-activation pairs, gates opened (both operands non-zero), the resting
 probability 1 - opened / pairs, and the 64-bit popcount words processed.
@@ -83,105 +84,6 @@ class Layer:
     events: Events = field(default_factory=Events)
 
 
-def validate(manifest: dict, blobs: dict[str, np.ndarray]) -> None:
-    """Refuse a manifest that does not describe a network this engine can run exactly
-    (PackedError, one line): every layer's kind, shapes, spaces, bits, blobs and their dtypes
-    and shapes must fit the layer before it and the format's rules."""
-    from .discrete.space import ALLOWED_STATES, Space
-
-    def need(ok: bool, where: str, what: str) -> None:
-        if not ok:
-            raise packed.PackedError(f"invalid packed model: {where}: {what}")
-
-    def blob(where: str, name, dtypes: tuple[str, ...], shape: tuple[int, ...]) -> None:
-        need(isinstance(name, str) and name in blobs, where, f"no blob {name!r}")
-        array = blobs[name]
-        need(str(array.dtype) in dtypes, where, f"blob {name!r} is {array.dtype}, expected {' or '.join(dtypes)}")
-        need(tuple(array.shape) == shape, where, f"blob {name!r} has shape {list(array.shape)}, expected {list(shape)}")
-
-    def space(where: str, entry) -> Space:
-        need(isinstance(entry, dict), where, "missing")
-        states = entry.get("states")
-        need(states in ALLOWED_STATES and not isinstance(states, bool), where, f"states {states!r} is not a space")
-        sp = Space(states)
-        need(entry.get("codes") == sp.codes().tolist(), where, f"codes do not match {states} states")
-        if "bits" in entry:
-            need(entry["bits"] == sp.bits, where, f"bits {entry['bits']!r} for {states} states (expected {sp.bits})")
-        return sp
-
-    try:
-        inp = manifest["input"]
-        shape = inp["shape"]
-        need(manifest.get("format") == "gxnor-packed", "manifest", "format is not gxnor-packed")
-        need(isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape),
-             "input", f"shape {shape!r} is not [C, H, W]")
-        need(isinstance(inp["max_value"], int) and inp["max_value"] > 0, "input", "max_value must be an integer > 0")
-        layers = manifest["layers"]
-        need(isinstance(layers, list) and layers, "manifest", "no layers")
-        channels, height, width = shape
-        features, previous = None, None
-        for i, spec in enumerate(layers):
-            where = f"layer {i}"
-            need(spec.get("kind") in ("conv", "dense"), where, f"unknown kind {spec.get('kind')!r}")
-            w = spec["weight"]
-            wspace = space(f"{where} weight", w)
-            count = int(np.prod(w["shape"]))
-            if manifest["version"] >= 2:
-                g = packed.per_word(wspace.states)
-                need(w.get("per_word") == g, where, f"per_word {w.get('per_word')!r} for {wspace.states} states "
-                                                    f"(expected {g})")
-                blob(f"{where} weight", w["blob"], ("uint64",), (-(-count // g),))
-            else:
-                blob(f"{where} weight", w["blob"], ("uint8",), (-(-count * wspace.bits // 8),))
-            out_ch = w["shape"][0]
-            pool = spec.get("pool", 0)
-            need(isinstance(pool, int) and pool >= 0, where, f"pool {pool!r}")
-            if spec["kind"] == "conv":
-                k, pad = spec["kernel"], spec["padding"]
-                need(features is None, where, "a convolution after a dense layer")
-                need(isinstance(k, int) and k >= 1 and isinstance(pad, int) and pad >= 0, where, "kernel or padding")
-                need(w["shape"] == [out_ch, channels, k, k], where,
-                     f"weight shape {w['shape']} does not fit {channels} input channels and kernel {k}")
-                height, width = height + 2 * pad - k + 1, width + 2 * pad - k + 1
-                if pool:
-                    height, width = height // pool, width // pool
-                need(height >= 1 and width >= 1, where, "feature maps shrink to nothing")
-                channels = out_ch
-            else:
-                n_in = features if features is not None else channels * height * width
-                need(pool == 0, where, "a dense layer cannot pool")
-                need(w["shape"] == [out_ch, n_in], where, f"weight shape {w['shape']} does not fit {n_in} inputs")
-                features = out_ch
-            x = spec["input"]
-            if previous is None:
-                need(x.get("kind") == "real" and x.get("max_value") == inp["max_value"], where,
-                     "the first layer must take the real input")
-            else:
-                need(x.get("kind") == "states" and space(f"{where} input", x).states == previous.states, where,
-                     "its input space is not the previous layer's output space")
-            out = spec["output"]
-            last = i == len(layers) - 1
-            if out.get("kind") == "affine":
-                need(last, where, "only the last layer has an affine output")
-                need(out_ch == manifest["classes"], where, f"{out_ch} outputs for {manifest['classes']} classes")
-                for key in ("scale", "shift"):
-                    blob(f"{where} output", out[key], ("float64", "float32"), (out_ch,))
-                previous = None
-            else:
-                need(not last, where, "the last layer must have an affine output")
-                need(out.get("kind") in ("threshold", "sign"), where, f"unknown output kind {out.get('kind')!r}")
-                previous = space(f"{where} output", out)
-                need((out["kind"] == "sign") == (previous.states == 2), where, "sign output needs 2 states")
-                levels = 1 if previous.states == 2 else previous.max_code
-                blob(f"{where} output", out["flip"], ("int8",), (out_ch,))
-                need(np.isin(blobs[out["flip"]], (-1, 1)).all(), where, "flip must be -1 or +1")
-                blob(f"{where} output", out["hi"], ("int32",), (out_ch, levels))
-                if out["kind"] == "threshold":
-                    blob(f"{where} output", out["lo"], ("int32",), (out_ch, levels))
-    except (KeyError, TypeError, AttributeError, ValueError) as err:
-        raise packed.PackedError(f"invalid packed model: missing or malformed manifest entry ({err!r})") from None
-
-
 @functools.cache
 def _blas():
     """numpy's BLAS thread pools, looked up once (a lookup costs about half a millisecond)."""
@@ -196,7 +98,7 @@ class PackedModel:
     MIN_SHARE = 128  # images a thread must get before threads pay off
 
     def __init__(self, manifest: dict, blobs: dict[str, np.ndarray], kernel: str = "gemm"):
-        validate(manifest, blobs)
+        packed.validate(manifest, blobs)
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
         self.manifest, self.kernel = manifest, kernel

@@ -1,0 +1,178 @@
+"""What a user does with a trained run or an exported file: evaluate, export, summarise.
+
+Each function here is what one ``gxnor`` command calls: it finds the checkpoint (a run id
+or prefix, a run directory or a file), reads the data the model was trained on, and returns
+plain dicts for the command to print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import checkpoint
+from .checkpoint import atomic_write
+from .config import DataConfig
+from .data import Dataset, load_data
+from .deploy import FORMATS, PackedModel, packed
+from .deploy.fold import export_run, fp32_state_bytes
+from .discrete import summarize
+from .errors import UserError
+from .models import evaluate_split, label, load_trained, predict
+from .tracking import Run, Store, StoreError, locate_checkpoint
+
+
+def is_packed(path: str) -> bool:
+    """Whether ``path`` is a file in the packed format (by its magic bytes)."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    with open(p, "rb") as handle:
+        return handle.read(len(packed.MAGIC)) == packed.MAGIC
+
+
+def load_checkpoint(ref: str, store: Store) -> tuple[Path, dict]:
+    """(path, payload) of the selected checkpoint (best.pt) of a run id (or prefix), run
+    directory or checkpoint file."""
+    if is_packed(ref):
+        raise UserError(f"{ref} is an exported packed model: use gxnor eval --engine packed {ref}")
+    path = locate_checkpoint(store, ref, "best.pt")
+    return path, checkpoint.load(path)
+
+
+def write_predictions(path, labels, predictions) -> None:
+    """A CSV of ``index,label,prediction``, one row per sample of the split, written atomically."""
+    rows = "".join(f"{i},{int(y)},{int(p)}\n" for i, (y, p) in enumerate(zip(labels, predictions)))
+    atomic_write(path, lambda handle: handle.write(("index,label,prediction\n" + rows).encode()))
+
+
+# -- gxnor eval -------------------------------------------------------------------------------
+def evaluate(ref: str, store: Store, split: str = "test", engine: str = "torch", kernel: str = "gemm",
+             data_root=None, batch_size: int = 1000, predictions=None) -> dict:
+    """``gxnor eval``: a run with torch, or an exported file with the packed engine."""
+    if engine == "packed":
+        model = PackedModel.load(Path(ref), kernel)
+        return {"export": ref, **evaluate_packed(model, split, data_root, batch_size, predictions)}
+    _, payload = load_checkpoint(ref, store)
+    return {"run": ref, **evaluate_run(payload, split, data_root, batch_size, predictions)}
+
+
+def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 1000, predictions=None) -> dict:
+    """Accuracy, zero shares and resting probabilities of a checkpoint payload on a split
+    (and each sample's prediction written to the CSV file ``predictions``)."""
+    cfg, model = load_trained(payload)
+    section = dataclasses.replace(cfg.data, root=data_root or cfg.data.root, download=False, limit=None)
+    data = load_data(section, cfg.trainer.val_fraction, cfg.trainer.seed)
+    if list(data.shape) != list(payload["in_shape"]):
+        raise UserError(f"the data at {section.root or 'its default place'} has inputs {tuple(data.shape)}, "
+                        f"the model expects {tuple(payload['in_shape'])}")
+    metrics = evaluate_split(model, data, split, batch_size)
+    if predictions is not None:
+        part = data.split(split)
+        write_predictions(predictions, part.labels.tolist(), predict(model, part, data.max_value, batch_size).tolist())
+    layers = {}
+    for row in summarize(model):
+        name = label(row["layer"])
+        layers[name] = {"layer": name, **{k: v for k, v in row.items() if k not in ("layer", "zero_frac")}}
+    for key, value in metrics.items():
+        if "." in key:
+            name, metric = key.split(".", 1)
+            layers.setdefault(name, {"layer": name})[metric] = value
+    return {"data": cfg.data.name, "split": split, "samples": len(data.split(split)), "acc": metrics["acc"],
+            **{k: v for k, v in metrics.items() if "." not in k and k != "acc"}, "layers": list(layers.values())}
+
+
+def packed_data(manifest: dict, data_root=None) -> Dataset:
+    """The dataset a packed model was trained on, as its manifest records it."""
+    src = manifest.get("source", {})
+    if not src.get("data"):
+        raise UserError("the packed file does not say which dataset it was trained on")
+    return load_data(DataConfig(src["data"], data_root or src.get("data_root")), src.get("val_fraction", 0.1),
+                     src.get("seed", 0))
+
+
+def evaluate_packed(model: PackedModel, split: str, data_root=None, batch_size: int = 256,
+                    predictions=None) -> dict:
+    """Accuracy and per-layer events of the packed engine on a split (and each sample's
+    prediction written to the CSV file ``predictions``)."""
+    data = packed_data(model.manifest, data_root)
+    part = data.split(split)
+    start = time.perf_counter()
+    outputs = model.predict(part.images.numpy(), batch_size)
+    seconds = time.perf_counter() - start
+    if predictions is not None:
+        write_predictions(predictions, part.labels.tolist(), outputs.tolist())
+    layers = model.event_table()
+    pairs, opened = sum(l["pairs"] for l in layers[1:]), sum(l["gates_opened"] for l in layers[1:])
+    return {"engine": "packed", "data": data.name, "split": split, "samples": len(part),
+            "acc": float((outputs == part.labels.numpy()).mean()),
+            "resting_prob": 1 - opened / pairs if pairs else 0.0, "samples_per_s": len(part) / seconds,
+            "layers": layers}
+
+
+# -- gxnor export -----------------------------------------------------------------------------
+def export(ref: str, fmt: str, local: Store, out: Optional[Path] = None, explicit_store: bool = False) -> dict:
+    """``gxnor export``: write the run's model in format ``fmt`` (default file
+    <runs>/exports/<run id><suffix>) and log it to the run's own store (the checkpoint
+    records it, unless ``explicit_store``).  Returns what was written."""
+    _, payload = load_checkpoint(ref, local)
+    run_id = payload.get("run_id") or Path(ref).stem
+    target = out or local.out_dir / "exports" / f"{run_id}{FORMATS[fmt].suffix}"
+    written = {"path": str(target), "bytes": FORMATS[fmt].write(payload, target), "logged_to": None}
+    if payload.get("run_id"):
+        store = local if explicit_store else Store(payload.get("tracking_uri") or local.uri, local.out_dir)
+        try:
+            run = Run(store, "", run_id=payload["run_id"], keep_status=True)
+            run.log_artifact(target, "export")
+            written["logged_to"] = None if run.pending else payload["run_id"]
+        except StoreError as error:  # the file is written either way
+            print(f"gxnor: not logged to the run: {error}", file=sys.stderr)
+    if fmt == "packed":
+        manifest, _ = packed.read(target)
+        weights = sum(int(np.prod(l["weight"]["shape"])) for l in manifest["layers"])
+        written.update(weights=weights, packed_bytes=packed.packed_weight_bytes(manifest),
+                       fp32_bytes=fp32_state_bytes(load_trained(payload)[1]))
+    return written
+
+
+# -- gxnor summary ----------------------------------------------------------------------------
+def summary(target: str, store: Store, samples: int = 256, data_root=None) -> tuple[list[dict], dict]:
+    """``gxnor summary`` of a run (exported to a temporary packed file) or a packed file."""
+    if is_packed(target):
+        return packed_summary(PackedModel.load(Path(target)), Path(target).stat().st_size, samples, data_root)
+    _, payload = load_checkpoint(target, store)
+    with tempfile.TemporaryDirectory() as tmp:
+        size = export_run(payload, Path(tmp) / "model.gxnor")[0]["bytes"]
+        model = PackedModel.load(Path(tmp) / "model.gxnor")
+    return packed_summary(model, size, samples, data_root)
+
+
+def packed_summary(model: PackedModel, file_bytes: int, samples: int = 256,
+                   data_root=None) -> tuple[list[dict], dict]:
+    """Per layer: states, weights, bits per weight at rest and the log2(states) limit, bytes at
+    rest, MACs and gated ops per sample measured on ``samples`` test images; totals with the
+    compression against fp32 weights."""
+    images = packed_data(model.manifest, data_root).test.images[:samples].numpy()
+    model.reset_events()
+    model.predict(images)
+    n, version = len(images), model.manifest["version"]
+    rows = []
+    for layer, events in zip(model.manifest["layers"], model.event_table()):
+        w = layer["weight"]
+        rows.append({"layer": layer["name"], "kind": layer["kind"], "states": w["states"],
+                     "weights": math.prod(w["shape"]), "bits": packed.weight_bits(w["states"], version),
+                     "limit": math.log2(w["states"]), "bytes": packed.weight_blob_bytes(w, version),
+                     "macs": events["pairs"] // n, "gated_ops": events["gates_opened"] / n,
+                     "resting_prob": events["resting_prob"], "mode": events["mode"]})
+    total = sum(r["weights"] for r in rows)
+    totals = {"weights": total, "bytes": sum(r["bytes"] for r in rows), "file_bytes": file_bytes,
+              "fp32_bytes": 4 * total, "compression_vs_fp32": 4 * total / file_bytes,
+              "macs": sum(r["macs"] for r in rows), "gated_ops": sum(r["gated_ops"] for r in rows), "samples": n}
+    return rows, totals

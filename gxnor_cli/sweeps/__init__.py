@@ -1,0 +1,14 @@
+"""Sweeps: a grid of configs trained as nested MLflow runs, by a launcher of your choice.
+
+    grid.py        Hydra sweep syntax -> validated points; a sweep's identity
+    sweep.py       the parent run, skip / resume / wait on rerun, results
+    trial.py       one point trained as a child run
+    launchers/     local, submitit_local, slurm, ray: where and how trials run
+    report.py      the results table, CSV, Pareto front and plots
+"""
+
+from .grid import Point, expand, load_grid, merge_overrides
+from .launchers import LAUNCHERS, make_launcher
+from .sweep import execute
+
+__all__ = ["LAUNCHERS", "Point", "execute", "expand", "load_grid", "make_launcher", "merge_overrides"]

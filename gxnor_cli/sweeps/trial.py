@@ -1,0 +1,90 @@
+"""One trial of a sweep: a grid point trained as a child run of the sweep's parent.
+
+A trial never raises for a failed point: it returns the point's status, its run id and
+metrics, or the error, and every launcher copies that onto the point (:func:`record`).
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Callable, Optional
+
+from ..config import Config, flatten
+from ..tracking import Run, Store
+from ..training import Hooks, train
+from .grid import Point
+
+
+def trial_config(point: Point, threads: Optional[int] = None) -> Config:
+    """The config a point's trial runs: continuing its interrupted child (``point.resume``),
+    ``threads`` torch threads unless the point sets them, and named after its point
+    (e.g. "window=0.3 pulse=tri") unless it names itself."""
+    cfg, changes = point.cfg, {}
+    if point.resume:
+        changes["trainer.resume"] = point.resume
+    if threads and not cfg.trainer.threads:
+        changes["trainer.threads"] = threads
+    if cfg.tracking.run_name is None:
+        changes["tracking.run_name"] = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.axes.items())
+    return cfg.replace(**changes) if changes else cfg
+
+
+def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
+              on_start: Optional[Callable[[str], None]] = None,
+              on_progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Train one point as a child run; returns {"status", "run_id", metrics..., "error"}.
+    ``on_progress`` gets one short line per epoch."""
+    cfg, overrides = trial_config(point, threads), list(point.overrides)
+    if point.resume:
+        overrides.append(f"trainer.resume={point.resume}")
+    started = {"run_id": point.resume}
+
+    def begin(run_id: str, _cfg) -> None:
+        started["run_id"] = run_id
+        if on_start is not None:
+            on_start(run_id)
+
+    def epoch_done(m: dict) -> None:
+        if on_progress is not None:
+            on_progress(f"epoch {m['epoch']}/{cfg.trainer.epochs} val {m['val_acc']:.4f}")
+
+    try:
+        result = train(cfg, overrides, Hooks(on_start=begin, on_epoch=epoch_done), parent_id=parent_id,
+                       tags={"gxnor.command": "sweep", "gxnor.point": point.key})
+        return {"status": "FINISHED", **result}
+    except KeyboardInterrupt:
+        return {"status": "KILLED", "run_id": started["run_id"]}
+    except Exception as err:  # a failed trial must not stop the sweep
+        error = short_error(err)
+        if started["run_id"] is None:  # it failed before its run existed (e.g. no GPU where it ran)
+            started["run_id"] = failed_run(point, parent_id, error)
+        return {"status": "FAILED", "run_id": started["run_id"], "error": error, "traceback": traceback.format_exc()}
+
+
+def failed_run(point: Point, parent_id: str, error: str) -> Optional[str]:
+    """A FAILED child run for a trial that could not start, so the sweep's runs show it."""
+    cfg = trial_config(point)
+    try:
+        run = Run(Store.of_config(cfg), cfg.tracking.experiment, run_name=cfg.tracking.run_name,
+                           parent_id=parent_id, tags={"gxnor.command": "sweep", "gxnor.point": point.key,
+                                                      "gxnor.error": error})
+        run.log_params(flatten(cfg))
+        run.end("FAILED")
+        return run.run_id
+    except Exception:  # the store itself is the problem: the sweep reports the trial either way
+        return None
+
+
+def record(point: Point, result: dict) -> None:
+    """Copy a trial's result onto its point."""
+    point.status = result["status"]
+    point.run_id = result.get("run_id") or point.run_id
+    point.error = result.get("error", "")
+    point.metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+
+
+def short_error(err: BaseException) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}"[:500]

@@ -1,0 +1,15 @@
+"""Tracking: where runs live and what is recorded of them.
+
+    store.py    Store: the tracking URI and the local runs directory (no mlflow)
+    client.py   MLflow (the only module that imports it): runs that survive outages, stale
+                runs reaped, search, the UI server
+    locate.py   a run's checkpoint from a path, a run id or a prefix of one
+    report.py   tables, plots and CSV of runs and sweeps
+"""
+
+from .client import NoRun, Run, check, child_runs, find_run, reap_stale
+from .locate import locate_checkpoint
+from .store import Store, StoreError
+
+__all__ = ["NoRun", "Run", "Store", "StoreError", "check", "child_runs", "find_run", "locate_checkpoint",
+           "reap_stale"]

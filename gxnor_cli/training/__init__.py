@@ -1,0 +1,13 @@
+"""Training: one run, on one process or N data-parallel ranks.
+
+    launch.py     train(cfg): in this process, or N ranks that each run run.train_run
+    run.py        one tracked run in one process: resume, data, model, MLflow, artifacts
+    loop.py       the plain loop (Trainer): DST for discrete weights, Adam for BatchNorm
+    group.py      the processes of a run: Solo (one) or Ranks (torch.distributed)
+    interrupt.py  SIGINT / SIGTERM: stop at the next batch, then at once
+"""
+
+from .launch import train
+from .run import Hooks
+
+__all__ = ["Hooks", "train"]
