@@ -101,7 +101,7 @@ def latent_state_bytes(weights, moments) -> int:
 def state_bytes_per_weight(trainer) -> float:
     """Training state kept between steps per weight: int8 states + the DST rule's state, or
     (float weights) what :func:`latent_state_bytes` counts."""
-    from gxnor_cli.discrete import discrete_layers
+    from gxnor_cli.discrete.layers import discrete_layers
 
     layers = discrete_layers(trainer.model)
     if layers:

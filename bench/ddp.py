@@ -38,7 +38,7 @@ def train(args, group=None) -> tuple[dict, float, float]:
     from test_distributed import frozen_norm
 
     from gxnor_cli.config import load_config
-    from gxnor_cli.discrete import discrete_layers
+    from gxnor_cli.discrete.layers import discrete_layers
     from gxnor_cli.training.run import prepare
     from gxnor_cli.training.group import Solo
     from gxnor_cli.training.loop import Trainer

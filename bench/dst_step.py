@@ -21,7 +21,9 @@ import time
 
 import torch
 
-from gxnor_cli.discrete import DST, DiscreteLinear
+from gxnor_cli.discrete.dst import DST
+
+from gxnor_cli.discrete.layers import DiscreteLinear
 
 LAYERS, SIZE, BATCH, REPEATS = 4, 2048, 100, 7
 

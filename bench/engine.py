@@ -38,7 +38,7 @@ def plain_torch(model: torch.nn.Module) -> torch.nn.Module:
     the state values), so torch's own quantisation can be applied to it."""
     import copy
 
-    from gxnor_cli.discrete import DiscreteConv2d, DiscreteLinear
+    from gxnor_cli.discrete.layers import DiscreteConv2d, DiscreteLinear
 
     plain = copy.deepcopy(model)
     for block in plain:

@@ -44,9 +44,11 @@ def child(variant: str) -> dict:
     import torch
     from torch import nn
 
-    from gxnor_cli.discrete import DST, Space
+    from gxnor_cli.discrete.dst import DST
+
+    from gxnor_cli.discrete.space import Space
     from gxnor_cli.config import ModelConfig, QuantConfig
-    from gxnor_cli.models import build_model
+    from gxnor_cli.models.nets import build_model
 
     arch = "-".join([f"{HIDDEN}FC"] * LAYERS + [str(OUT)])
 

@@ -52,7 +52,7 @@ def brevitas_net(arch: str, in_shape: tuple[int, int, int], padding: int):
     from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
     from torch import nn
 
-    from gxnor_cli.models import parse_arch
+    from gxnor_cli.models.grammar import parse_arch
 
     class TernaryWeight(Int8WeightPerTensorFloat):  # 2 bits, narrow range, scale 1: {-1, 0, 1}
         bit_width, narrow_range = 2, True
@@ -94,7 +94,8 @@ def brevitas_row(overrides: list[str], out: str, threads: int) -> dict:
     import torch
 
     from gxnor_cli.config import load_config
-    from gxnor_cli.data import batches, load_data
+    from gxnor_cli.data.sources import load_data
+    from gxnor_cli.data.splits import batches
     from gxnor_cli.training.loop import lr_at, squared_hinge
 
     torch.set_num_threads(threads)

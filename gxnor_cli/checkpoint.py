@@ -3,7 +3,8 @@
 A checkpoint is a ``torch.save`` of a dict holding tensors, numbers, strings, lists and
 dicts.  It is written to a temporary file in the same directory, flushed to disk and
 renamed over the target, so a kill at any moment leaves either the old or the new file,
-never a torn one.  Loading uses ``weights_only=True``: nothing is unpickled beyond
+never a torn one (:func:`atomic_write` serves every file gxnor writes).  torch is imported
+where a checkpoint is saved or loaded.  Loading uses ``weights_only=True``: nothing is unpickled beyond
 tensors and primitive containers, whoever made the file.
 """
 
@@ -15,8 +16,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .errors import UserError
 
@@ -51,10 +50,14 @@ def _umask() -> int:
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
+    import torch
+
     atomic_write(path, lambda handle: torch.save({"format": FORMAT, **payload}, handle))
 
 
 def load(path: Path, map_location="cpu") -> dict[str, Any]:
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")

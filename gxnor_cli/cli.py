@@ -18,8 +18,10 @@ from rich.console import Console
 
 from . import __version__
 from .errors import RunFailed, UserError
-from .tracking import Store
+from .interrupt import exit_code, install_interrupt_handler
+from .tracking.locate import locate_model
 from .tracking.report import epoch_line, table
+from .tracking.store import Store
 
 def config_help() -> str:
     """Every group option and key, generated from the config schema (gxnor_cli/config.py)."""
@@ -111,10 +113,12 @@ def train(
       gxnor train quant=multilevel quant.window=0.25 dst=rms
     """
     from .config import load_config
-    from .training import Hooks, train as train_run
 
     overrides = list(overrides or [])
-    cfg = load_config(overrides, config_dir)
+    cfg = load_config(overrides, config_dir)  # bad input ends here, before torch is loaded
+    from .training.launch import train as train_run
+    from .training.run import Hooks
+
     progress = EpochProgress()
     try:
         result = train_run(cfg, overrides, Hooks(progress.start, progress.update, progress.batch),
@@ -152,8 +156,6 @@ def evaluate_cmd(
 
     With --engine packed, RUN is an exported file and the numpy gated-XNOR engine runs it,
     reporting its measured events per layer."""
-    from .runs import evaluate
-
     if split not in ("train", "val", "test"):
         fail(f"--split must be train, val or test; got {split!r}")
     if engine not in ("torch", "packed"):
@@ -162,7 +164,10 @@ def evaluate_cmd(
         fail(f"--kernel must be gemm or xnor; got {kernel!r}")
     if predictions is not None and (predictions.is_dir() or not predictions.parent.is_dir()):
         fail(f"--predictions {predictions}: give a file in an existing directory")
-    result = evaluate(run, store_of(uri, out_dir), split, engine, kernel, data_root, batch_size, predictions)
+    source = locate_model(run, store_of(uri, out_dir), exported=engine == "packed")
+    from .runs import evaluate
+
+    result = evaluate(source, split, engine, kernel, data_root, batch_size, predictions)
     if engine == "packed":
         title, cols = (f"packed engine on the {split} split of {result['data']} ({result['samples']} samples)",
                        ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob",
@@ -191,16 +196,15 @@ def export(
 ):
     """Write a trained model as it really is: states packed at their bit width, BatchNorm and
     activations folded into integer thresholds; logged to the run in MLflow."""
-    from .deploy import FORMATS
-    from .runs import export as export_run
-
-    if fmt not in FORMATS:
-        fail(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if out_path is not None and out_path.is_dir():
         fail(f"--out {out_path} is a directory; give a file name")
     if out_path is not None and not out_path.parent.is_dir():
         fail(f"--out {out_path}: directory {out_path.parent} does not exist")
-    done = export_run(run, fmt, store_of(uri, out_dir), out_path, explicit_store=uri is not None)
+    store = store_of(uri, out_dir)
+    source = locate_model(run, store)
+    from .runs import export as export_run
+
+    done = export_run(source, fmt, store, out_path, explicit_store=uri is not None)
     logged = f"  logged to run {done['logged_to']}" if done["logged_to"] else ""
     print(f"wrote {done['path']} ({done['bytes']:,} bytes){logged}")
     if "weights" in done:
@@ -220,9 +224,10 @@ def summary(
     json_out: bool = typer.Option(False, "--json", metavar="", help="Print the table as JSON."),
 ):
     """Per-layer states, bits, bytes at rest, MACs and gated operations measured on data."""
+    source = locate_model(target, store_of(uri, out_dir), exported=Path(target).is_file())
     from .runs import summary as summarise
 
-    rows, totals = summarise(target, store_of(uri, out_dir), samples, data_root)
+    rows, totals = summarise(source, samples, data_root)
     n = totals["samples"]
     if json_out:
         print(json.dumps({"layers": rows, "totals": totals}, indent=1))
@@ -257,20 +262,24 @@ def sweep(
       gxnor sweep --grid states
     """
     from .config import default_config_dir
-    from .sweeps import execute, load_grid, make_launcher, merge_overrides
-    from .sweeps.report import results_rows
+    from .sweeps.grid import expand, load_grid, merge_overrides
 
     overrides = list(overrides or [])
     settings = [o for o in overrides if o.startswith("launcher.")]  # how trials run: not part of the sweep
     overrides = [o for o in overrides if not o.startswith("launcher.")]
-    runner = make_launcher(launcher, jobs, settings, config_dir)
     if grid:
         overrides = merge_overrides(load_grid(grid, (config_dir or default_config_dir()).resolve()), overrides)
     if not overrides:
         fail("nothing to sweep: give overrides such as quant.window=0.3,0.5 or --grid NAME")
+    points = expand(overrides, config_dir)  # every point validated before torch is loaded
+    from .sweeps.launchers import make_launcher
+    from .sweeps.report import results_rows
+    from .sweeps.sweep import execute
+
+    runner = make_launcher(launcher, jobs, settings, config_dir)
     show, stop = _sweep_progress()
     try:
-        points, parent_id, status = execute(overrides, runner, config_dir, show)
+        points, parent_id, status = execute(points, overrides, runner, show)
     finally:
         stop()
     columns, rows = results_rows(points, short=True)
@@ -371,8 +380,6 @@ def main_options(version: bool = typer.Option(False, "--version", metavar="", he
 
 def main() -> None:
     """Console-script entry: maps errors to exit codes and one-line messages."""
-    from .training.interrupt import exit_code, install_interrupt_handler
-
     install_interrupt_handler()
     try:
         code = app(standalone_mode=False)  # click returns typer.Exit codes instead of raising

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .data.sources import DATASETS
-from .discrete.activation import FLOAT_ACTIVATIONS, PULSES
-from .discrete.dst import RULES, TRANSITIONS, settings_of
+from .discrete.pulses import FLOAT_ACTIVATIONS, PULSES
+from .discrete.rules import RULES, settings_of
+from .discrete.transitions import TRANSITIONS
 from .discrete.space import check_states
 from .errors import UserError
 

@@ -1,8 +1,8 @@
 """What a user does with a trained run or an exported file: evaluate, export, summarise.
 
-Each function here is what one ``gxnor`` command calls: it finds the checkpoint (a run id
-or prefix, a run directory or a file), reads the data the model was trained on, and returns
-plain dicts for the command to print.
+Each function here is what one ``gxnor`` command calls with the file the user named
+(:func:`gxnor_cli.tracking.locate.locate_model` found it): it reads the data the model was
+trained on and returns plain dicts for the command to print.
 """
 
 from __future__ import annotations
@@ -20,16 +20,21 @@ import numpy as np
 from . import checkpoint
 from .checkpoint import atomic_write
 from .config import DataConfig
-from .data import Dataset, load_data
-from .deploy import FORMATS, PackedModel, packed
+from .data.sources import load_data
+from .data.splits import Dataset
+from .deploy import onnx_graph, packed, qonnx_graph  # noqa: F401  (importing a format registers it)
+from .deploy.engine import PackedModel
+from .deploy.formats import FORMATS
 from .deploy.fold import export_run, fp32_state_bytes
-from .discrete import summarize
+from .discrete.layers import summarize
 from .errors import UserError
-from .models import evaluate_split, label, load_trained, predict
-from .tracking import Run, Store, StoreError, locate_checkpoint
+from .models.measure import evaluate_split, label, predict
+from .models.nets import load_trained
+from .tracking.client import Run
+from .tracking.store import Store, StoreError
 
 
-def is_packed(path: str) -> bool:
+def is_packed(path) -> bool:
     """Whether ``path`` is a file in the packed format (by its magic bytes)."""
     p = Path(path)
     if not p.is_file():
@@ -38,13 +43,11 @@ def is_packed(path: str) -> bool:
         return handle.read(len(packed.MAGIC)) == packed.MAGIC
 
 
-def load_checkpoint(ref: str, store: Store) -> tuple[Path, dict]:
-    """(path, payload) of the selected checkpoint (best.pt) of a run id (or prefix), run
-    directory or checkpoint file."""
-    if is_packed(ref):
-        raise UserError(f"{ref} is an exported packed model: use gxnor eval --engine packed {ref}")
-    path = locate_checkpoint(store, ref, "best.pt")
-    return path, checkpoint.load(path)
+def load_checkpoint(path: Path) -> dict:
+    """The payload of a checkpoint file (an exported packed file is refused, saying what to do)."""
+    if is_packed(path):
+        raise UserError(f"{path} is an exported packed model: use gxnor eval --engine packed {path}")
+    return checkpoint.load(path)
 
 
 def write_predictions(path, labels, predictions) -> None:
@@ -54,14 +57,15 @@ def write_predictions(path, labels, predictions) -> None:
 
 
 # -- gxnor eval -------------------------------------------------------------------------------
-def evaluate(ref: str, store: Store, split: str = "test", engine: str = "torch", kernel: str = "gemm",
+def evaluate(path: Path, split: str = "test", engine: str = "torch", kernel: str = "gemm",
              data_root=None, batch_size: int = 1000, predictions=None) -> dict:
-    """``gxnor eval``: a run with torch, or an exported file with the packed engine."""
+    """``gxnor eval``: a checkpoint with torch, or an exported file with the packed engine."""
     if engine == "packed":
-        model = PackedModel.load(Path(ref), kernel)
-        return {"export": ref, **evaluate_packed(model, split, data_root, batch_size, predictions)}
-    _, payload = load_checkpoint(ref, store)
-    return {"run": ref, **evaluate_run(payload, split, data_root, batch_size, predictions)}
+        model = PackedModel.load(Path(path), kernel)
+        return {"export": str(path), **evaluate_packed(model, split, data_root, batch_size, predictions)}
+    payload = load_checkpoint(path)
+    return {"run": payload.get("run_id") or str(path), **evaluate_run(payload, split, data_root, batch_size,
+                                                                      predictions)}
 
 
 def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 1000, predictions=None) -> dict:
@@ -118,12 +122,14 @@ def evaluate_packed(model: PackedModel, split: str, data_root=None, batch_size: 
 
 
 # -- gxnor export -----------------------------------------------------------------------------
-def export(ref: str, fmt: str, local: Store, out: Optional[Path] = None, explicit_store: bool = False) -> dict:
-    """``gxnor export``: write the run's model in format ``fmt`` (default file
+def export(path: Path, fmt: str, local: Store, out: Optional[Path] = None, explicit_store: bool = False) -> dict:
+    """``gxnor export``: write the checkpoint's model in format ``fmt`` (default file
     <runs>/exports/<run id><suffix>) and log it to the run's own store (the checkpoint
     records it, unless ``explicit_store``).  Returns what was written."""
-    _, payload = load_checkpoint(ref, local)
-    run_id = payload.get("run_id") or Path(ref).stem
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    payload = load_checkpoint(path)
+    run_id = payload.get("run_id") or Path(path).stem
     target = out or local.out_dir / "exports" / f"{run_id}{FORMATS[fmt].suffix}"
     written = {"path": str(target), "bytes": FORMATS[fmt].write(payload, target), "logged_to": None}
     if payload.get("run_id"):
@@ -143,11 +149,11 @@ def export(ref: str, fmt: str, local: Store, out: Optional[Path] = None, explici
 
 
 # -- gxnor summary ----------------------------------------------------------------------------
-def summary(target: str, store: Store, samples: int = 256, data_root=None) -> tuple[list[dict], dict]:
-    """``gxnor summary`` of a run (exported to a temporary packed file) or a packed file."""
-    if is_packed(target):
-        return packed_summary(PackedModel.load(Path(target)), Path(target).stat().st_size, samples, data_root)
-    _, payload = load_checkpoint(target, store)
+def summary(path: Path, samples: int = 256, data_root=None) -> tuple[list[dict], dict]:
+    """``gxnor summary`` of a checkpoint (exported to a temporary packed file) or a packed file."""
+    if is_packed(path):
+        return packed_summary(PackedModel.load(Path(path)), Path(path).stat().st_size, samples, data_root)
+    payload = load_checkpoint(path)
     with tempfile.TemporaryDirectory() as tmp:
         size = export_run(payload, Path(tmp) / "model.gxnor")[0]["bytes"]
         model = PackedModel.load(Path(tmp) / "model.gxnor")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gxnor_cli.discrete.activation import MultiStep, make_activation
+from gxnor_cli.discrete.activation import make_activation, MultiStep
 from gxnor_cli.discrete.space import Space
 
 

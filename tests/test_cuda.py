@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from gxnor_cli.discrete import DST
+from gxnor_cli.discrete.dst import DST
 from gxnor_cli.discrete.activation import MultiStep
-from gxnor_cli.discrete.dst import RULES
+from gxnor_cli.discrete.rules import RULES
 from gxnor_cli.discrete.layers import DiscreteConv2d, DiscreteLinear
 from gxnor_cli.discrete.space import Space
 

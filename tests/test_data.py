@@ -13,7 +13,8 @@ import torch
 from gxnor_cli.data import sources
 from gxnor_cli.data.splits import augment
 from gxnor_cli.config import DataConfig
-from gxnor_cli.data import DataError, batches, load_data
+from gxnor_cli.data.sources import load_data
+from gxnor_cli.data.splits import batches, DataError
 
 
 def write_idx(path, array, compress=False):

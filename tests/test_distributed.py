@@ -48,7 +48,7 @@ def frozen_norm(model: torch.nn.Module) -> None:
 
 def train_states(rule: str, tmp: str, overrides: list[str], group=None, diverge: bool = False) -> dict:
     from gxnor_cli.config import load_config
-    from gxnor_cli.discrete import discrete_layers
+    from gxnor_cli.discrete.layers import discrete_layers
     from gxnor_cli.training.run import prepare
     from gxnor_cli.training.group import Solo
     from gxnor_cli.training.loop import Trainer
@@ -122,8 +122,9 @@ def _ddp_rank(rank: int, world: int, port: int, tmp: str, noise: bool) -> None:
     import torch.distributed as dist
 
     from gxnor_cli.config import load_config
-    from gxnor_cli.data import batches
-    from gxnor_cli.discrete import DST, discrete_layers
+    from gxnor_cli.data.splits import batches
+    from gxnor_cli.discrete.dst import DST
+    from gxnor_cli.discrete.layers import discrete_layers
     from gxnor_cli.training.run import prepare
 
     torch.set_num_threads(1)

@@ -7,7 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from gxnor_cli.discrete import DST, DiscreteConv2d, DiscreteLinear, Space, transition
+from gxnor_cli.discrete.dst import DST
+
+from gxnor_cli.discrete.layers import DiscreteConv2d, DiscreteLinear
+
+from gxnor_cli.discrete.space import Space
+
+from gxnor_cli.discrete.transitions import transition
 
 
 def gen(seed=0):
@@ -150,7 +156,7 @@ def test_mom8_saturated_momentum_never_wraps_to_the_other_sign(monkeypatch):
 
 def test_rules_describe_themselves():
     from gxnor_cli.config import DSTConfig, rule_settings
-    from gxnor_cli.discrete.dst import RULES, settings_of
+    from gxnor_cli.discrete.rules import RULES, settings_of
 
     assert list(RULES) == ["adam", "sgd", "rms", "mom8"]
     assert set(settings_of("sgd")) == set() and set(settings_of("mom8")) == {"beta1", "rms_beta", "mom8_range"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gxnor_cli.discrete import DiscreteConv2d, DiscreteLinear
+from gxnor_cli.discrete.layers import DiscreteConv2d, DiscreteLinear
 from gxnor_cli.models.measure import Meter, _open_pairs
 
 

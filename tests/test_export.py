@@ -8,7 +8,8 @@ import torch
 
 from gxnor_cli import checkpoint
 from gxnor_cli.deploy import packed
-from gxnor_cli.discrete import MultiStep, Space
+from gxnor_cli.discrete.activation import MultiStep
+from gxnor_cli.discrete.space import Space
 from gxnor_cli.deploy.engine import PackedModel, popcount
 from gxnor_cli.deploy.fold import export_run, fold_thresholds, predict_torch
 
@@ -73,7 +74,7 @@ def trained(cli, runs_dir, *extra):
 @pytest.mark.parametrize("quant", ["quant=gxnor", "quant=bnn", "quant=multilevel"])
 def test_engine_predicts_exactly_like_torch(cli, runs_dir, tmp_path, quant):
     from gxnor_cli.config import DataConfig
-    from gxnor_cli.data import load_data
+    from gxnor_cli.data.sources import load_data
 
     result, payload = trained(cli, runs_dir, quant, "trainer.epochs=3")
     manifest, model = export_run(payload, tmp_path / "m.gxnor")
@@ -177,8 +178,8 @@ def test_float_model_cannot_be_packed(cli, runs_dir):
 def test_onnx_export_predicts_like_torch(cli, runs_dir, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     from gxnor_cli.config import DataConfig
-    from gxnor_cli.data import load_data
-    from gxnor_cli.models import load_trained
+    from gxnor_cli.data.sources import load_data
+    from gxnor_cli.models.nets import load_trained
 
     result, payload = trained(cli, runs_dir, "trainer.epochs=3")
     code, out, err = cli("export", result["run_id"], "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
@@ -242,8 +243,8 @@ def test_qonnx_export_loads_checks_and_predicts_exactly_like_torch(cli, runs_dir
     from qonnx.transformation.infer_shapes import InferShapes
 
     from gxnor_cli.config import DataConfig
-    from gxnor_cli.data import load_data
-    from gxnor_cli.models import load_trained
+    from gxnor_cli.data.sources import load_data
+    from gxnor_cli.models.nets import load_trained
 
     result, payload = trained(cli, runs_dir, quant, "trainer.epochs=3")
     target = tmp_path / "m.qonnx.onnx"

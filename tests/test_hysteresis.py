@@ -8,8 +8,11 @@ import torch
 from torch import nn
 
 from gxnor_cli.config import ConfigError, load_config
-from gxnor_cli.discrete import DST, DiscreteLinear, Space, transition
-from gxnor_cli.discrete.dst import hysteresis
+from gxnor_cli.discrete.dst import DST
+from gxnor_cli.discrete.layers import DiscreteLinear
+from gxnor_cli.discrete.space import Space
+from gxnor_cli.discrete.transitions import transition
+from gxnor_cli.discrete.transitions import hysteresis
 
 
 def gen(seed=0):

@@ -9,10 +9,12 @@ import torch
 
 from conftest import TINY, runs_in_store
 from gxnor_cli.config import load_config
-from gxnor_cli.data import batches, load_data
-from gxnor_cli.discrete import DiscreteLayer
+from gxnor_cli.data.sources import load_data
+from gxnor_cli.data.splits import batches
+from gxnor_cli.discrete.layers import DiscreteLayer
 from gxnor_cli.errors import UserError
-from gxnor_cli.models import build_model, model_from_config, start_from, parse_arch
+from gxnor_cli.models.grammar import parse_arch
+from gxnor_cli.models.nets import build_model, model_from_config, start_from
 from gxnor_cli.training.group import Solo
 from gxnor_cli.training.loop import Trainer, squared_hinge
 

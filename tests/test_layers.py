@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gxnor_cli.discrete import DiscreteConv2d, DiscreteLinear, Space
+from gxnor_cli.discrete.layers import DiscreteConv2d, DiscreteLinear
+
+from gxnor_cli.discrete.space import Space
 
 
 def float_reference(layer, x, loss_fn):

@@ -1,10 +1,13 @@
 import pytest
 import torch
 
-from gxnor_cli.discrete import DiscreteConv2d, DiscreteLinear, MultiStep
+from gxnor_cli.discrete.activation import MultiStep
+
+from gxnor_cli.discrete.layers import DiscreteConv2d, DiscreteLinear
 from gxnor_cli.errors import UserError
 from gxnor_cli.config import ModelConfig, QuantConfig
-from gxnor_cli.models import build_model, parse_arch
+from gxnor_cli.models.grammar import parse_arch
+from gxnor_cli.models.nets import build_model
 
 
 def test_parse_paper_nets():

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from gxnor_cli import checkpoint, data as D
-from gxnor_cli.data.sources import DEBIAN_FASHION_MNIST
+from gxnor_cli import checkpoint
+from gxnor_cli.data.sources import DEBIAN_FASHION_MNIST, load_data
 from gxnor_cli.config import DataConfig
 
 from conftest import runs_in_store
@@ -29,9 +29,9 @@ def test_mnist_net_epoch_on_fashion_mnist_and_exact_engine(cli, runs_dir, tmp_pa
 
     payload = checkpoint.load(result["checkpoint"])
     export_run(payload, tmp_path / "m.gxnor")
-    dataset = D.load_data(DataConfig("fashion_mnist"))
+    dataset = load_data(DataConfig("fashion_mnist"))
     engine = PackedModel.load(tmp_path / "m.gxnor")
-    from gxnor_cli.models import load_trained
+    from gxnor_cli.models.nets import load_trained
 
     _, model = load_trained(payload)
     want = predict_torch(model, dataset.test.images, dataset.max_value)

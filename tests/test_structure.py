@@ -110,8 +110,9 @@ def test_functions_fit_on_a_screen():
 
 # Lower layers never import higher ones: each folder (or module) and what else it may import
 # ("gxnor_cli" alone: the package's __init__, for its version).
-BASE = {"gxnor_cli.registry", "gxnor_cli.errors"}
+BASE = {"gxnor_cli.registry", "gxnor_cli.errors", "gxnor_cli.interrupt"}
 LAYERS = {
+    "gxnor_cli.interrupt": set(),
     "gxnor_cli.discrete": {"gxnor_cli.registry"},
     "gxnor_cli.data": BASE,
     "gxnor_cli.checkpoint": BASE,
@@ -206,3 +207,27 @@ def test_launcher_presets_set_only_what_differs_from_the_defaults():
         defaults = {f.name: f.default for f in dataclasses.fields(cls.Settings)}
         assert set(preset) <= set(defaults), (name, set(preset) - set(defaults))
         assert all(preset[k] != defaults[k] for k in preset), (name, preset)
+
+
+def test_help_and_bad_config_never_load_torch_or_mlflow():
+    """`gxnor --help`, `gxnor train --help` and a refused config answer without importing
+    torch or mlflow (seconds each), which load only where a command computes or logs."""
+    import subprocess
+    import sys
+
+    script = """
+import contextlib, io, sys
+from gxnor_cli.cli import main
+for argv in (["gxnor", "--help"], ["gxnor", "train", "--help"], ["gxnor", "train", "quant.weight_states=4"],
+             ["gxnor", "sweep", "quant.window=-1,2"]):
+    sys.argv = argv
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            main()
+        except SystemExit as done:
+            assert done.code == (2 if "=" in argv[-1] else 0), (argv, done.code, err.getvalue())
+print(sorted(m for m in ("torch", "mlflow", "hydra") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['hydra']"  # hydra composes the config; torch and mlflow stay out

@@ -10,7 +10,7 @@ Formats read (each from its standard files in ``data.root``):
 
 Missing files are downloaded when ``data.download=true`` (checksums verified, written
 atomically); otherwise, and for corrupt files, a :class:`DataError` names what was
-expected and where.
+expected and where.  torch is imported where data is read, so the names load without it.
 
 A dataset is one decorated reader: ``@source("name")`` on a function
 ``read(roots, download) -> (train Split, test Split)``.
@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 
 from ..registry import Registry
-from .splits import DataError, Split
+from .splits import DataError, Dataset, Split
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -136,6 +135,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def load_idx(name: str, roots: list[Path]) -> tuple[Split, Split]:
+    import torch
+
     for root in roots:
         paths = [_find(root, f) for f in IDX_FILES]
         if all(paths):
@@ -203,6 +204,8 @@ def load_cifar10(roots: list[Path]) -> tuple[Split, Split]:
 
 
 def _split(images: np.ndarray, labels: np.ndarray) -> Split:
+    import torch
+
     return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64)))
 
 
@@ -232,6 +235,8 @@ def load_digits_splits() -> tuple[Split, Split]:
 
     Read straight from the CSV that scikit-learn ships (importing sklearn costs seconds).
     """
+    import torch
+
     import importlib.util
 
     spec = importlib.util.find_spec("sklearn")
@@ -309,3 +314,23 @@ def data_roots(name: str, root: Optional[str]) -> list[Path]:
         return [Path(root).expanduser()]
     fallback = DATASETS[name].fallback
     return [Path("data") / name] + ([fallback] if fallback else [])
+
+
+def load_data(section, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """Read the dataset a ``data`` config section names (its files from ``section.root``,
+    downloaded when ``section.download``) and carve a seeded validation split of
+    ``val_fraction`` from its training part; ``section.limit`` keeps the first N of the rest."""
+    import torch
+
+    try:
+        found = DATASETS[section.name]
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    train, test = found.read(data_roots(section.name, section.root), section.download)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(len(train) * val_fraction)))
+    val, rest = train.subset(order[:n_val]), train.subset(order[n_val:])
+    if section.limit is not None:
+        rest = rest.subset(torch.arange(min(section.limit, len(rest))))
+    num_classes = int(max(train.labels.max(), test.labels.max()).item()) + 1
+    return Dataset(section.name, rest, val, test, found.max_value, num_classes)

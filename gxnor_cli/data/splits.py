@@ -1,17 +1,18 @@
 """A dataset in memory: uint8 images split into train / val / test, and batches in [-1, 1].
 
 Inputs are scaled to [-1, 1]: x = 2 v / v_max - 1 (v_max: 255, or 16 for the 8x8 digits).
+torch is imported where batches are made.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DataError(UserError):
@@ -63,6 +64,9 @@ def scale(images: torch.Tensor, max_value: float) -> torch.Tensor:
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop (zero padding ``pad``) and horizontal flip, per sample."""
+    import torch
+    import torch.nn.functional as F
+
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
@@ -80,6 +84,8 @@ def batches(split: Split, batch_size: int, max_value: float, generator: Optional
 
     In training a last batch smaller than ``min_last`` (BatchNorm cannot normalise a single
     sample; data parallel, each rank needs two) is merged into the batch before it."""
+    import torch
+
     n = len(split)
     order = torch.randperm(n, generator=generator).to(split.labels.device) if generator is not None else None
     starts = list(range(0, n, batch_size))

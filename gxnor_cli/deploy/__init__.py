@@ -6,10 +6,7 @@
     onnx_graph.py   a standard ONNX float graph
     qonnx_graph.py  a QONNX graph of the packed arithmetic (Quant, MultiThreshold)
     formats.py      the export formats by name (``FORMATS``)
+
+Import from the modules (this file imports nothing, so a light module of the package
+loads without the heavy ones).
 """
-
-from . import fold, onnx_graph, qonnx_graph  # noqa: F401  (each registers its format)
-from .engine import KERNELS, PackedModel
-from .formats import FORMATS
-
-__all__ = ["FORMATS", "KERNELS", "PackedModel"]

@@ -29,11 +29,13 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..data import Split
-from ..discrete import DiscreteConv2d, DiscreteLayer, MultiStep
+from ..data.splits import Split
+from ..discrete.activation import MultiStep
+from ..discrete.layers import DiscreteConv2d, DiscreteLayer
 from ..discrete.activation import Steps
 from ..errors import UserError
-from ..models import load_trained, predict
+from ..models.measure import predict
+from ..models.nets import load_trained
 from . import packed
 from .formats import export_format
 

@@ -5,6 +5,9 @@ checkpoint payload into a file::
 
     @export_format("onnx", suffix=".onnx")
     def export_onnx(payload, path): ...
+
+A format registers when its module is imported; :mod:`gxnor_cli.runs`, which exports, imports
+every one.
 """
 
 from __future__ import annotations

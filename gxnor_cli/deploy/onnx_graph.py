@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import atomic_write
-from ..discrete import DiscreteConv2d, DiscreteLayer, MultiStep
+from ..discrete.activation import MultiStep
+from ..discrete.layers import DiscreteConv2d, DiscreteLayer
 from ..errors import UserError
-from ..models import load_trained
+from ..models.nets import load_trained
 from .fold import bn_affine
 from .formats import export_format
 

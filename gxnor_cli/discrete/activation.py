@@ -31,16 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..registry import Registry
+from .pulses import FLOAT_ACTIVATIONS, PULSES
 from .space import Space
-
-#: Derivative pulses by name (``quant.pulse``): f(distance, area, half-width), distance >= 0.
-PULSES = Registry("pulse")
-#: Activations of full-precision nets by name (``quant.float_act``).
-FLOAT_ACTIVATIONS = Registry("float activation")
-FLOAT_ACTIVATIONS.register("relu")(nn.ReLU)
-FLOAT_ACTIVATIONS.register("hardtanh")(nn.Hardtanh)
-FLOAT_ACTIVATIONS.register("identity")(nn.Identity)
 
 
 @dataclass(frozen=True)
@@ -65,18 +57,6 @@ class Steps:
     def thresholds(self) -> list[float]:
         """t_k = r + (k-1) s, k = 1..K (binary: [0])."""
         return [self.window + k * self.step for k in range(self.levels)]
-
-
-@PULSES.register("rect")
-def rect(distance: torch.Tensor, height: float, width: float) -> torch.Tensor:
-    """height / (2a) on distance <= a: area ``height``, half-width a = ``width``."""
-    return (distance <= width).to(distance.dtype) * (height / (2.0 * width))
-
-
-@PULSES.register("tri")
-def tri(distance: torch.Tensor, height: float, width: float) -> torch.Tensor:
-    """height / a^2 (a - distance) on distance <= a: area ``height``, half-width a = ``width``."""
-    return (width - distance).clamp_(min=0.0) * (height / width**2)
 
 
 def pulse(distance: torch.Tensor, height: float, width: float, kind: str) -> torch.Tensor:

@@ -17,8 +17,10 @@ of one state is ``code_step`` codes (1, or 2 for binary).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 ALLOWED_STATES = (2, 3, 5, 9, 17, 33, 65, 129)
 
@@ -67,15 +69,21 @@ class Space:
 
     def values(self) -> torch.Tensor:
         """All state values, ascending (float32)."""
+        import torch
+
         return torch.linspace(-1.0, 1.0, self.states)
 
     def codes(self) -> torch.Tensor:
         """All codes, ascending (int8)."""
+        import torch
+
         return torch.arange(-self.max_code, self.max_code + 1, self.code_step, dtype=torch.int8)
 
-    def to_value(self, code: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Code -> state value: ``code * unit``."""
-        return code.to(dtype, copy=True).mul_(self.unit)
+    def to_value(self, code: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Code -> state value: ``code * unit`` (float32 unless ``dtype``)."""
+        import torch
+
+        return code.to(dtype or torch.float32, copy=True).mul_(self.unit)
 
     def to_code(self, x: torch.Tensor) -> torch.Tensor:
         """Project real values onto the nearest state and return its code (int8).
@@ -83,6 +91,8 @@ class Space:
         n = clamp(floor((x + 1) / dz + 1/2), 0, states - 1); value = n dz - 1.
         Ties go up (binary maps 0 to +1).
         """
+        import torch
+
         n = torch.floor((x.float() + 1.0) / self.dz + 0.5).clamp_(0, self.states - 1)
         return (n * self.code_step - self.max_code).to(torch.int8)
 
@@ -92,14 +102,20 @@ class Space:
 
     def to_index(self, code: torch.Tensor) -> torch.Tensor:
         """Code -> unsigned state index n in 0 .. states-1 (for packing)."""
+        import torch
+
         return torch.div(code.to(torch.int16) + self.max_code, self.code_step, rounding_mode="floor").to(torch.uint8)
 
     def from_index(self, index: torch.Tensor) -> torch.Tensor:
         """Unsigned state index -> code."""
+        import torch
+
         return (index.to(torch.int16) * self.code_step - self.max_code).to(torch.int8)
 
     def contains(self, code: torch.Tensor) -> bool:
         """Whether every element of ``code`` is a code of this space."""
+        import torch
+
         inside = code.abs() <= self.max_code
         if self.code_step != 1:
             inside &= (code.to(torch.int16) + self.max_code) % self.code_step == 0

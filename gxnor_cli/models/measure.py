@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Dataset, Split, batches
-from ..discrete import DiscreteLayer, MultiStep, discrete_layers
+from ..data.splits import batches, Dataset, Split
+from ..discrete.activation import MultiStep
+from ..discrete.layers import discrete_layers, DiscreteLayer
 
 
 def label(module_name: str) -> str:

@@ -18,7 +18,9 @@ from torch import nn
 
 from ..checkpoint import CheckpointError
 from ..config import Config, ModelConfig, QuantConfig, from_dict
-from ..discrete import DiscreteConv2d, DiscreteLayer, DiscreteLinear, Space, make_activation
+from ..discrete.activation import make_activation
+from ..discrete.layers import DiscreteConv2d, DiscreteLayer, DiscreteLinear
+from ..discrete.space import Space
 from ..errors import UserError
 from .grammar import parse_arch
 

@@ -5,10 +5,7 @@
     trial.py       one point trained as a child run
     launchers/     local, submitit_local, slurm, ray: where and how trials run
     report.py      the results table, CSV, Pareto front and plots
+
+Import from the modules (this file imports nothing, so a light module of the package
+loads without the heavy ones).
 """
-
-from .grid import Point, expand, load_grid, merge_overrides
-from .launchers import LAUNCHERS, make_launcher
-from .sweep import execute
-
-__all__ = ["LAUNCHERS", "Point", "execute", "expand", "load_grid", "make_launcher", "merge_overrides"]

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..config import ConfigError
-from ..data import load_data
+from ..data.sources import load_data
 from ..errors import UserError
-from ..models import model_from_config
-from ..tracking import Run, Store, check, child_runs, client, reap_stale
+from ..models.nets import model_from_config
+from ..tracking import client
+from ..tracking.client import check, child_runs, reap_stale, Run
+from ..tracking.store import Store
 from ..training.group import resolve_device
-from ..training.interrupt import check_stop
-from .grid import Point, expand, sweep_id
+from ..interrupt import check_stop
+from .grid import Point, sweep_id
 from .launchers.base import Lost
 from .report import plot_heatmap, plot_tradeoff, write_csv
 
@@ -126,13 +128,13 @@ def on_lost(store: Store, experiment: str, parent_id: str) -> Lost:
     return lost
 
 
-def execute(overrides: list[str], launcher, config_dir: Optional[Path] = None,
+def execute(points: list[Point], overrides: list[str], launcher,
             on_update: Optional[Callable[[list[Point]], None]] = None) -> tuple[list[Point], str, str]:
-    """Validate, open (or find) the parent run, run the remaining points, log the results.
+    """Check the points of the grid of ``overrides`` (:func:`.grid.expand`), open (or find) the
+    parent run, run the remaining points, log the results.
 
     Returns (points, parent run id, parent status).  KeyboardInterrupt ends the parent KILLED.
     """
-    points = expand(overrides, config_dir)
     validate(points, launcher.checks_device)
     store, experiment = Store.of_config(points[0].cfg), points[0].cfg.tracking.experiment
     check(store)

@@ -10,8 +10,10 @@ import traceback
 from typing import Callable, Optional
 
 from ..config import Config, flatten
-from ..tracking import Run, Store
-from ..training import Hooks, train
+from ..tracking.client import Run
+from ..tracking.store import Store
+from ..training.launch import train
+from ..training.run import Hooks
 from .grid import Point
 
 

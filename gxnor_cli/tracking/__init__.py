@@ -5,11 +5,7 @@
                 runs reaped, search, the UI server
     locate.py   a run's checkpoint from a path, a run id or a prefix of one
     report.py   tables, plots and CSV of runs and sweeps
+
+Import from the modules (this file imports nothing, so a light module of the package
+loads without the heavy ones).
 """
-
-from .client import NoRun, Run, check, child_runs, find_run, reap_stale
-from .locate import locate_checkpoint
-from .store import Store, StoreError
-
-__all__ = ["NoRun", "Run", "Store", "StoreError", "check", "child_runs", "find_run", "locate_checkpoint",
-           "reap_stale"]

@@ -41,3 +41,13 @@ def locate_checkpoint(store: Store, ref: str, name: str = "best.pt") -> Path:
         raise UserError(f"run {run['run_id']} has no local {name} under {local.parent}; it cannot be resumed here")
     return client.download_artifact(store, run["run_id"], f"checkpoint/{name}",
                                       Path(tempfile.mkdtemp(prefix="gxnor-")))
+
+
+def locate_model(ref: str, store: Store, exported: bool = False) -> Path:
+    """The file a command reads: an exported model's path (``exported``: it must exist), else
+    the selected checkpoint (best.pt) of a run id, prefix, run directory or file."""
+    if exported:
+        if not Path(ref).expanduser().is_file():
+            raise UserError(f"no exported model at {ref}")
+        return Path(ref).expanduser()
+    return locate_checkpoint(store, ref, "best.pt")

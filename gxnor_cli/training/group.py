@@ -45,7 +45,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import Config
-from ..discrete import discrete_layers
+from ..discrete.layers import discrete_layers
 from ..errors import UserError
 
 TIMEOUT = datetime.timedelta(seconds=300)

@@ -20,10 +20,10 @@ import torch
 
 from ..config import Config, from_dict
 from ..errors import RunFailed, UserError
-from ..tracking import Run
+from ..tracking.client import Run
 from ..tracking.report import epoch_line
 from .group import check_world, in_group_env, leave
-from .interrupt import install_interrupt_handler, record, stop_requested
+from ..interrupt import install_interrupt_handler, record, stop_requested
 from .run import Hooks, open_run, prepare, resolve, teacher_of, train_run
 
 

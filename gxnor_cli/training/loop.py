@@ -39,12 +39,13 @@ from torch import nn
 
 from .. import checkpoint
 from ..config import Config, rule_settings
-from ..data import Dataset, batches
-from ..discrete import DST, discrete_layers
+from ..data.splits import batches, Dataset
+from ..discrete.dst import DST
+from ..discrete.layers import discrete_layers
 from ..errors import RunFailed
-from ..models import evaluate
+from ..models.measure import evaluate
 from .group import Group
-from .interrupt import stop_requested
+from ..interrupt import stop_requested
 
 EpochCallback = Callable[[dict], None]
 BatchCallback = Callable[[int, int], None]

@@ -21,10 +21,14 @@ import torch
 from .. import checkpoint
 from ..checkpoint import CheckpointError
 from ..config import SELECTABLE, Config, ConfigError, flatten, from_dict
-from ..data import Dataset, load_data
+from ..data.sources import load_data
+from ..data.splits import Dataset
 from ..errors import UserError
-from ..models import load_trained, model_from_config, start_from, state_histograms
-from ..tracking import NoRun, Run, Store, check, locate_checkpoint, reap_stale
+from ..models.measure import state_histograms
+from ..models.nets import load_trained, model_from_config, start_from
+from ..tracking.client import check, NoRun, reap_stale, Run
+from ..tracking.locate import locate_checkpoint
+from ..tracking.store import Store
 from ..tracking.report import plot_curves, plot_histograms
 from .group import check_world, join, synchronise_norm
 from .loop import Trainer

@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Optional
 
-from ...training.interrupt import install_interrupt_handler, stop_requested
+from ...interrupt import install_interrupt_handler, stop_requested
 from ..grid import Point
 from ..trial import record, run_trial
 from .base import LAUNCHERS, Lost, Update

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ...training.interrupt import stop_requested
+from ...interrupt import stop_requested
 from ..grid import Point
 from ..trial import record, run_trial, short_error
 from .base import LAUNCHERS, Lost, Update, require

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ...errors import UserError
-from ...training.interrupt import stop_requested
+from ...interrupt import stop_requested
 from ..grid import Point
 from ..trial import record, run_trial, short_error
 from .base import LAUNCHERS, Lost, Update, require
