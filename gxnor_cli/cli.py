@@ -20,7 +20,7 @@ from . import __version__
 from .errors import RunFailed, UserError
 from .interrupt import exit_code, install_interrupt_handler
 from .tracking.locate import locate_model
-from .tracking.report import epoch_line, table
+from .tracking.report import epoch_line, fmt, table
 from .tracking.store import Store
 
 def config_help() -> str:
@@ -89,7 +89,7 @@ class EpochProgress:
             print(epoch_line(m, self.total), file=sys.stderr, flush=True)
         else:
             self.bar.update(self.run_task, completed=m["epoch"],
-                            status=f"loss {m['train_loss']:.4f}  val {m['val_acc']:.4f}")
+                            status=f"loss {m['train_loss']:.4f}  val {fmt(m['val_acc'], 'acc')}")
 
     def stop(self) -> None:
         if self.bar is not None:
@@ -131,7 +131,7 @@ def train(
         print(json.dumps(result, indent=1))
         return
     keys = ["test_acc", "best_val_acc", "best_epoch", "test_resting_prob", "test_act_zero_frac",
-            "test_weight_zero_frac"]
+            "test_weight_zero_frac", "bits_per_weight", "export_bytes"]
     table("result", ["metric", "value"], [(k, result[k]) for k in keys if k in result], out)
     out.print(f"run id     {result['run_id']}\ncheckpoint {result['checkpoint']}\n"
               f"tracking   {result['tracking_uri']}", highlight=False)
@@ -174,7 +174,8 @@ def evaluate_cmd(
                         "popcount_words"])
     else:
         title, cols = (f"{split} split of {result['data']} ({result['samples']} samples)",
-                       ["layer", "states", "weights", "weight_zero_frac", "act_zero_frac", "resting_prob"])
+                       ["layer", "states", "weights", "bits", "bytes", "weight_zero_frac", "act_zero_frac",
+                        "resting_prob"])
     if json_out:
         print(json.dumps(result, indent=1))
         return
@@ -194,8 +195,10 @@ def export(
     out_dir: str = RUNS_DIR,
     uri: Optional[str] = TRACKING_URI,
 ):
-    """Write a trained model as it really is: states packed at their bit width, BatchNorm and
-    activations folded into integer thresholds; logged to the run in MLflow."""
+    """Write a trained model as it really is, at its bit width; logged to the run in MLflow.
+
+    The packed format stores the states radix-packed and folds BatchNorm and the activations
+    into integer thresholds; onnx and qonnx write graphs for other runtimes."""
     if out_path is not None and out_path.is_dir():
         fail(f"--out {out_path} is a directory; give a file name")
     if out_path is not None and not out_path.parent.is_dir():
@@ -239,7 +242,7 @@ def summary(
                                                   totals["macs"], totals["gated_ops"], "", ""]], out)
     out.print(f"file {totals['file_bytes']:,} bytes; fp32 weights {totals['fp32_bytes']:,} bytes; "
               f"{totals['compression_vs_fp32']:.1f}x smaller; "
-              f"{1 - totals['gated_ops'] / totals['macs']:.3f} of all MACs gated off", highlight=False)
+              f"{fmt(1 - totals['gated_ops'] / totals['macs'], 'gated_off')} of all MACs gated off", highlight=False)
 
 
 @app.command(epilog=config_help())
@@ -307,7 +310,7 @@ def _sweep_progress():
             for i, p in enumerate(points, 1):
                 acc = p.metrics.get("test_acc")
                 grid.add_row(str(i), *p.axes.values(), p.status, p.progress if p.status == "RUNNING" else "",
-                             "" if acc is None else f"{acc:.4f}")
+                             fmt(acc, "test_acc"))
             live.update(grid)
 
         return show, live.stop
@@ -316,7 +319,7 @@ def _sweep_progress():
     def plain(points):
         for i, p in enumerate(points, 1):
             if p.status in ("FINISHED", "FAILED", "SKIPPED", "KILLED"):
-                line = f"{p.status:<8} " + (f"test_acc {p.metrics['test_acc']:.4f}" if "test_acc" in p.metrics
+                line = f"{p.status:<8} " + (f"test_acc {fmt(p.metrics['test_acc'], 'acc')}" if "test_acc" in p.metrics
                                              else p.error)
             elif p.status == "RUNNING" and p.progress:
                 line = f"RUNNING  {p.progress}"
@@ -378,6 +381,21 @@ def main_options(version: bool = typer.Option(False, "--version", metavar="", he
         raise typer.Exit(0)
 
 
+def option_hint(usage: Exception) -> str:
+    """For ``--epochs 3``: how to set a config key instead (``trainer.epochs=3``)."""
+    name = getattr(usage, "option_name", None)
+    if not name:
+        return ""
+    from .config import key_named
+
+    key = key_named(name)
+    if key is None:
+        return ""
+    after = sys.argv[sys.argv.index(name) + 1:] if name in sys.argv else []
+    value = after[0] if after and not after[0].startswith("-") else "..."
+    return f"; config keys are set as key=value: {key}={value}"
+
+
 def main() -> None:
     """Console-script entry: maps errors to exit codes and one-line messages."""
     install_interrupt_handler()
@@ -400,7 +418,8 @@ def main() -> None:
         sys.exit(exit_code())
     except typer.TyperException as usage:  # click usage errors: unknown option, missing argument
         message = usage.format_message() if hasattr(usage, "format_message") else str(usage)
-        print(f"gxnor: error: {message}", file=sys.stderr)
+        if message:  # (no command at all: the usage is already printed)
+            print(f"gxnor: error: {message}{option_hint(usage)}", file=sys.stderr)
         sys.exit(getattr(usage, "exit_code", 2))
     except Exception:
         traceback.print_exc()

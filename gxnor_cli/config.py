@@ -60,6 +60,9 @@ class DataConfig:
 
     def __post_init__(self):
         _require(self.name in DATASETS, f"data.name must be one of {', '.join(DATASETS)}; got {self.name!r}")
+        _require(not (self.root or self.download) or not DATASETS[self.name].embedded,
+                 f"data.root and data.download mean nothing for {self.name}, which ships inside its package; "
+                 f"leave them unset")
         _require(self.limit is None or self.limit >= 2,
                  f"data.limit must be >= 2 (BatchNorm needs two samples to train on); got {self.limit}")
 
@@ -220,7 +223,7 @@ class TrainerConfig:
 class TrackingConfig:
     uri: Optional[str] = key(None, "MLflow store (null: $MLFLOW_TRACKING_URI, else sqlite:///<out_dir>/mlflow.db)")
     experiment: str = key("gxnor", "MLflow experiment name")
-    run_name: Optional[str] = key(None, "MLflow run name (null: MLflow picks one)")
+    run_name: Optional[str] = key(None, "MLflow run name (null: what the run is, e.g. w3a3-r0.5-adam-s0)")
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,17 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def short_name(self) -> str:
+        """A run name that says what the run is: ``w3a3-r0.5-mom8-s0`` (weight and activation
+        state counts, f for full precision; the window; the DST rule, ``-hyst`` with hysteresis
+        transitions, ``float`` for float weights; the seed)."""
+        q, d = self.quant, self.dst
+        parts = [f"w{q.weight_states or 'f'}a{q.act_states or 'f'}"]
+        if q.act_states and q.act_states > 2:
+            parts.append(f"r{q.window:g}")
+        parts.append((d.rule + ("-hyst" if d.transition == "hysteresis" else "")) if q.weight_states else "float")
+        return "-".join(parts + [f"s{self.trainer.seed}"])
 
     def replace(self, **changes: Any) -> "Config":
         """A validated copy with dotted keys changed: ``cfg.replace(**{"trainer.threads": 2})``."""
@@ -310,7 +324,9 @@ def parse_overrides(overrides: list[str], config_dir: Path, allow_sweep: bool = 
 
     parser = OverridesParser.create()
     parsed = []
-    for text in overrides:
+    for i, text in enumerate(overrides):
+        if "=" not in text:
+            raise ConfigError(not_an_override(text, overrides[i + 1] if i + 1 < len(overrides) else None))
         try:
             (override,) = parser.parse_overrides([text])
         except OverrideParseException as err:
@@ -336,6 +352,24 @@ def parse_overrides(overrides: list[str], config_dir: Path, allow_sweep: bool = 
                 raise ConfigError(f"unknown config key {name!r}" + _hint(section))
         parsed.append(override)
     return parsed
+
+
+def key_named(word: str) -> Optional[str]:
+    """The config key a bare word means: itself (``trainer.epochs``), or the one key whose last
+    part it is (``epochs``, ``--epochs``, ``weight-states``); None when there is none or several."""
+    word = word.lstrip("-").replace("-", "_")
+    keys = [name for name, *_ in describe()]
+    if word in keys or word in SELECTABLE:
+        return word
+    matches = [k for k in keys if k.rsplit(".", 1)[-1] == word]
+    return matches[0] if len(matches) == 1 else None
+
+
+def not_an_override(word: str, value: Optional[str] = None) -> str:
+    """Why ``word`` (followed by ``value``) is no override, and what to write instead."""
+    key = key_named(word)
+    example = f"{key}={value if value is not None and '=' not in value else '...'}" if key else "trainer.epochs=3"
+    return f"{word!r} is not an override: settings are written key=value, e.g. {example}"
 
 
 def _hint(section: str) -> str:

@@ -7,7 +7,6 @@ trained on and returns plain dicts for the command to print.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import numpy as np
 from . import checkpoint
 from .checkpoint import atomic_write
 from .config import DataConfig
-from .data.sources import load_data
+from .data.sources import DATASETS, load_data
 from .data.splits import Dataset
 from .deploy import onnx_graph, packed, qonnx_graph  # noqa: F401  (importing a format registers it)
 from .deploy.engine import PackedModel
@@ -30,7 +29,7 @@ from .discrete.layers import summarize
 from .errors import UserError
 from .models.measure import evaluate_split, label, predict
 from .models.nets import load_trained
-from .tracking.client import Run
+from .tracking.client import reap_stale, Run
 from .tracking.store import Store, StoreError
 
 
@@ -47,6 +46,9 @@ def load_checkpoint(path: Path) -> dict:
     """The payload of a checkpoint file (an exported packed file is refused, saying what to do)."""
     if is_packed(path):
         raise UserError(f"{path} is an exported packed model: use gxnor eval --engine packed {path}")
+    if Path(path).suffix == ".onnx":
+        raise UserError(f"{path} is an ONNX export: gxnor reads runs, checkpoints (.pt) and packed exports "
+                        f"(--engine packed FILE.gxnor); run ONNX files with onnxruntime")
     return checkpoint.load(path)
 
 
@@ -72,7 +74,7 @@ def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 10
     """Accuracy, zero shares and resting probabilities of a checkpoint payload on a split
     (and each sample's prediction written to the CSV file ``predictions``)."""
     cfg, model = load_trained(payload)
-    section = dataclasses.replace(cfg.data, root=data_root or cfg.data.root, download=False, limit=None)
+    section = data_section(cfg.data.name, data_root or cfg.data.root, data_root)
     data = load_data(section, cfg.trainer.val_fraction, cfg.trainer.seed)
     if list(data.shape) != list(payload["in_shape"]):
         raise UserError(f"the data at {section.root or 'its default place'} has inputs {tuple(data.shape)}, "
@@ -84,7 +86,8 @@ def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 10
     layers = {}
     for row in summarize(model):
         name = label(row["layer"])
-        layers[name] = {"layer": name, **{k: v for k, v in row.items() if k not in ("layer", "zero_frac")}}
+        layers[name] = {"layer": name, **{k: v for k, v in row.items() if k not in ("layer", "zero_frac")},
+                        **packed.layer_size(row["states"], row["weights"])}
     for key, value in metrics.items():
         if "." in key:
             name, metric = key.split(".", 1)
@@ -93,13 +96,21 @@ def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 10
             **{k: v for k, v in metrics.items() if "." not in k and k != "acc"}, "layers": list(layers.values())}
 
 
+def data_section(name: str, root: Optional[str], given: Optional[str]) -> DataConfig:
+    """The data a trained model is measured on (``given``: --data-root, refused for a dataset
+    that has no files)."""
+    if given and DATASETS[name].embedded:
+        raise UserError(f"--data-root means nothing for {name}, which ships inside its package; leave it out")
+    return DataConfig(name, root)
+
+
 def packed_data(manifest: dict, data_root=None) -> Dataset:
     """The dataset a packed model was trained on, as its manifest records it."""
     src = manifest.get("source", {})
     if not src.get("data"):
         raise UserError("the packed file does not say which dataset it was trained on")
-    return load_data(DataConfig(src["data"], data_root or src.get("data_root")), src.get("val_fraction", 0.1),
-                     src.get("seed", 0))
+    return load_data(data_section(src["data"], data_root or src.get("data_root"), data_root),
+                     src.get("val_fraction", 0.1), src.get("seed", 0))
 
 
 def evaluate_packed(model: PackedModel, split: str, data_root=None, batch_size: int = 256,
@@ -135,6 +146,7 @@ def export(path: Path, fmt: str, local: Store, out: Optional[Path] = None, expli
     if payload.get("run_id"):
         store = local if explicit_store else Store(payload.get("tracking_uri") or local.uri, local.out_dir)
         try:
+            reap_stale(store)
             run = Run(store, "", run_id=payload["run_id"], keep_status=True)
             run.log_artifact(target, "export")
             written["logged_to"] = None if run.pending else payload["run_id"]

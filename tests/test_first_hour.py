@@ -92,3 +92,79 @@ def test_non_finite_numbers_are_refused_before_any_run(cli, runs_dir):
         code, _, err = cli("train", *TINY, override)
         assert code == 2 and len(err.strip().splitlines()) == 1, (override, err)
     assert runs_in_store(runs_dir) == []
+
+
+def test_no_command_prints_the_usage_and_no_empty_error(cli):
+    code, out, err = cli()
+    assert code == 2 and "Usage:" in out and "train" in out and "gxnor: error" not in err
+
+
+def test_words_that_are_no_overrides_say_what_to_write(cli, runs_dir):
+    code, _, err = cli("train", "epochs", "3")
+    assert code == 2 and "e.g. trainer.epochs=3" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("train", "--epochs", "3")
+    assert code == 2 and "No such option: --epochs" in err and "trainer.epochs=3" in err
+    code, _, err = cli("sweep", "--window", "0.3")
+    assert code == 2 and "quant.window=0.3" in err
+    assert runs_in_store(runs_dir) == []
+
+
+def test_eval_and_summary_agree_on_bits_and_bytes(cli, runs_dir):
+    """One definition of a layer's size at rest (the packed format's), named alike in both."""
+    code, out, err = cli("train", *TINY, "quant=multilevel", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    code, out, _ = cli("eval", result["run_id"], "--json")
+    evaluated = [(row["bits"], row["bytes"]) for row in json.loads(out)["layers"]]
+    code, out, _ = cli("summary", result["run_id"], "--json")
+    summarised = [(row["bits"], row["bytes"]) for row in json.loads(out)["layers"]]
+    assert evaluated == summarised and evaluated[0][0] < 3  # 5 states: 2.29 bits, not 3
+    assert result["bits_per_weight"] < 3 and result["export_bytes"] > sum(b for _, b in evaluated)
+
+
+def test_data_root_is_refused_for_the_embedded_digits(cli, runs_dir, tmp_path):
+    code, _, err = cli("train", *TINY, f"data.root={tmp_path}")
+    assert code == 2 and "mean nothing for digits" in err and runs_in_store(runs_dir) == []
+    run_id = train(cli)
+    code, _, err = cli("eval", run_id, "--data-root", str(tmp_path))
+    assert code == 2 and "--data-root means nothing for digits" in err
+
+
+def test_eval_of_an_onnx_export_says_what_it_reads(cli, runs_dir, tmp_path):
+    run_id = train(cli)
+    onnx = tmp_path / "m.onnx"
+    code, _, err = cli("export", run_id, "--format", "onnx", "--out", str(onnx))
+    assert code == 0, err
+    code, _, err = cli("eval", str(onnx))
+    assert code == 2 and "is an ONNX export" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_command_that_opens_the_store_ends_dead_runs(cli, runs_dir):
+    """A run whose process died (kill -9) is left RUNNING; eval, summary and export mark it."""
+    import socket
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    run_id = train(cli)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("gxnor").experiment_id
+    for command in (["eval", run_id[:8]], ["summary", run_id[:8]], ["export", run_id[:8]]):
+        orphan = client.create_run(experiment, tags={"gxnor.host": socket.gethostname(), "gxnor.pid": str(dead.pid)})
+        code, _, err = cli(*command)
+        assert code == 0, err
+        run = client.get_run(orphan.info.run_id)
+        assert run.info.status == "KILLED" and f"process {dead.pid}" in run.data.tags["gxnor.error"], command
+
+
+def test_numbers_print_as_their_kind(cli, runs_dir):
+    code, out, err = cli("train", *TINY)
+    assert code == 0, err
+    rows = dict(line.strip("│ ").split("│")[:2] for line in out.splitlines() if line.count("│") == 3)
+    rows = {k.strip(): v.strip() for k, v in rows.items()}
+    assert rows["test_acc"].endswith("%") and rows["test_resting_prob"].endswith("%")
+    assert "," in rows["export_bytes"] and rows["bits_per_weight"] == "1.60"
+    assert any(line.startswith("epoch ") and "val " in line and "%" in line for line in err.splitlines())

@@ -122,9 +122,9 @@ LAYERS = {
     "gxnor_cli.deploy": BASE | {"gxnor_cli", "gxnor_cli.discrete", "gxnor_cli.data", "gxnor_cli.models",
                                 "gxnor_cli.checkpoint"},
     "gxnor_cli.training": BASE | {"gxnor_cli.discrete", "gxnor_cli.data", "gxnor_cli.config", "gxnor_cli.models",
-                                  "gxnor_cli.checkpoint", "gxnor_cli.tracking"},
+                                  "gxnor_cli.checkpoint", "gxnor_cli.tracking", "gxnor_cli.deploy"},
     "gxnor_cli.sweeps": BASE | {"gxnor_cli.discrete", "gxnor_cli.data", "gxnor_cli.config", "gxnor_cli.models",
-                                "gxnor_cli.checkpoint", "gxnor_cli.tracking", "gxnor_cli.training"},
+                                "gxnor_cli.checkpoint", "gxnor_cli.tracking", "gxnor_cli.training", "gxnor_cli.deploy"},
 }
 
 

@@ -67,17 +67,26 @@ def test_failed_trial_is_marked_and_the_sweep_goes_on_then_resumes_it(cli, runs_
     assert "diverged" in failed.data.tags["gxnor.error"]
     assert parent.info.status == "FAILED"
     assert "0.02" in parent.data.tags["gxnor.failed_points"]
-    # re-running skips the finished point and retries the failed one only
+    assert sorted(k.info.run_name for k in kids) == ["w3a3-r0.5-adam-s0-bn_lr0.01", "w3a3-r0.5-adam-s0-bn_lr0.02"]
+    # re-running skips the finished point and retries the failed one only, in its own child
     code, out, err = cli(*args)
     assert code == 1 and err.count("SKIPPED") == 1
-    assert len(children(runs_in_store(runs_dir), parent.info.run_id)) == 3
+    again = children(runs_in_store(runs_dir), parent.info.run_id)
+    assert sorted(k.info.run_id for k in again) == sorted(k.info.run_id for k in kids)
+    monkeypatch.setattr(Trainer, "train_epoch", epoch)  # the cause is gone: the third try finishes it
+    code, out, err = cli(*args)
+    assert code == 0, err
+    final = children(runs_in_store(runs_dir), parent.info.run_id)
+    assert sorted(k.info.run_id for k in final) == sorted(k.info.run_id for k in kids)
+    retried = next(k for k in final if k.info.run_id == failed.info.run_id)
+    assert retried.info.status == "FINISHED" and "gxnor.error" not in retried.data.tags
 
 
 def test_invalid_point_exits_2_before_any_run(cli, runs_dir):
     code, _, err = cli("sweep", "quant.weight_states=2,4", *TINY)
     assert code == 2 and "grid point quant.weight_states=4" in err and len(err.strip().splitlines()) == 1
     assert runs_in_store(runs_dir) == []
-    code, _, err = cli("sweep", "data=digits,mnist", "data.root=/nonexistent", *TINY)
+    code, _, err = cli("sweep", "data=mnist,fashion_mnist", "data.root=/nonexistent", *TINY)
     assert code == 2 and "mnist files not found" in err and runs_in_store(runs_dir) == []
 
 

@@ -17,18 +17,27 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, runs_in_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,900", "--virtual-time-budget=20000"]
+                 "--virtual-time-budget=20000"]
 
 
-def browse(url: str, profile: Path, *what: str) -> str:
-    done = subprocess.run([CHROMIUM, *BROWSER_FLAGS, f"--user-data-dir={profile}", *what, url], capture_output=True,
-                          text=True, timeout=120)
+def browse(url: str, profile: Path, *what: str, width: int = 1400) -> str:
+    """What headless Chromium shows of ``url`` (the grid draws only the columns in view: a
+    wide window shows them all)."""
+    done = subprocess.run([CHROMIUM, *BROWSER_FLAGS, f"--window-size={width},900", f"--user-data-dir={profile}",
+                           *what, url], capture_output=True, text=True, timeout=120)
     return done.stdout
+
+
+def visible_text(dom: str) -> list[str]:
+    """The text of a page, one piece per element, in document order."""
+    import re
+
+    return [piece.strip() for piece in re.sub(r"<[^>]+>", "\n", dom).split("\n") if piece.strip()]
 
 
 def server_processes(port: int) -> list[int]:
@@ -49,6 +58,9 @@ def test_ui_opens_on_the_runs_of_a_training_experiment_and_stops_cleanly(cli, ru
 
     code, _, err = cli("sweep", "quant.window=0.3,0.6", *TINY)
     assert code == 0, err
+    children = {r.info.run_name: r.data.metrics["test_acc"] for r in runs_in_store(runs_dir)
+                if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(children) == ["w3a3-r0.3-adam-s0", "w3a3-r0.6-adam-s0"]
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "gxnor_cli", "ui", "--port", str(port)], cwd=tmp_path,
                           stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -60,7 +72,7 @@ def test_ui_opens_on_the_runs_of_a_training_experiment_and_stops_cleanly(cli, ru
                 links[name] = link.strip()
             if "sweep" in links:
                 break
-        assert "workflowType=machine_learning" in links["runs"]
+        assert "workflowType=machine_learning" in links["runs"] and "viewStateShareKey=gxnor-runs" in links["runs"]
         deadline = time.time() + 90
         while time.time() < deadline:
             try:
@@ -68,12 +80,22 @@ def test_ui_opens_on_the_runs_of_a_training_experiment_and_stops_cleanly(cli, ru
                     break
             except OSError:
                 time.sleep(0.3)
-        dom = browse(links["runs"], tmp_path / "profile1", "--dump-dom")
-        # the Model training view with the runs table, named after their points, with their dataset
-        assert ">Runs<" in dom and "window=0.3" in dom and "window=0.6" in dom and "digits (" in dom
-        assert "Detect Issues" not in dom
-        compare = browse(links["sweep"], tmp_path / "profile2", "--dump-dom")
-        assert "Comparing 2 Runs" in compare and "quant.window" in compare
+        dom = browse(links["runs"], tmp_path / "profile1", "--dump-dom", width=2400)
+        # the Model training view opens on gxnor's saved view: the columns that matter, best first
+        text = visible_text(dom)
+        assert ">Runs<" in dom and "Detect Issues" not in dom and "Sort: test_acc" in dom
+        for header in ("test_acc", "best_val_acc", "bits_per_weight", "export_bytes", "test_resting_prob",
+                       "quant.weight_states", "quant.act_states", "quant.window", "dst.rule", "trainer.epochs"):
+            assert header in text, header
+        best, worst = sorted(children, key=children.get, reverse=True)
+        assert text.index(best) < text.index(worst)  # sorted by test accuracy
+        for name, acc in children.items():  # each child's accuracy, as MLflow prints it (cut to 10 characters)
+            assert any(piece.startswith(f"{acc:.12f}"[:6]) for piece in text[text.index(name):]), (name, acc)
+        # the sweep's link: its children only, the first chart plots test_acc against the swept key
+        charts = visible_text(browse(links["sweep"], tmp_path / "profile2", "--dump-dom", width=2400))
+        first = charts[charts.index("Test accuracy against the swept keys") + 3]
+        assert first == "quant.window vs. test_acc", charts[:80]
+        assert set(children) <= set(charts) and not any(p.startswith("sweep-") for p in charts)
         shot = tmp_path / "ui-runs.png"
         browse(links["runs"], tmp_path / "profile3", f"--screenshot={shot}")
         assert shot.stat().st_size > 20_000

@@ -263,21 +263,22 @@ class Source:
     read: Callable[[list[Path], bool], tuple[Split, Split]]
     max_value: float = 255.0
     fallback: Optional[Path] = None
+    embedded: bool = False  # shipped inside a package: no files to look for (data.root means nothing)
 
 
 #: Datasets by name (``data.name``), in the order users see them.
 DATASETS = Registry("dataset")
 
 
-def source(name: str, max_value: float = 255.0, fallback: Optional[Path] = None):
+def source(name: str, max_value: float = 255.0, fallback: Optional[Path] = None, embedded: bool = False):
     """Decorator: register ``read(roots, download)`` as the dataset ``name``."""
     def add(read):
-        DATASETS.register(name)(Source(read, max_value, fallback))
+        DATASETS.register(name)(Source(read, max_value, fallback, embedded))
         return read
     return add
 
 
-@source("digits", max_value=16.0)
+@source("digits", max_value=16.0, embedded=True)
 def digits(roots: list[Path], download: bool) -> tuple[Split, Split]:
     return load_digits_splits()
 

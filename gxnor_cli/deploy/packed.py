@@ -98,6 +98,13 @@ def weight_bits(states: int, version: int = VERSION) -> float:
     return 64 / per_word(states) if version >= 2 else float((states - 1).bit_length())
 
 
+def layer_size(states: int, weights: int) -> dict[str, float]:
+    """What one layer of ``weights`` weights of ``states`` states takes at rest in the current
+    format: ``bits`` per weight and ``bytes`` of its weight blob (the one definition that
+    gxnor eval, gxnor summary and the logged ``bits_per_weight`` use)."""
+    return {"bits": weight_bits(states), "bytes": weight_blob_bytes({"shape": [weights], "states": states}, VERSION)}
+
+
 def packed_weight_bytes(manifest: dict) -> int:
     return sum(weight_blob_bytes(l["weight"], manifest["version"]) for l in manifest["layers"])
 

@@ -18,7 +18,6 @@ gradient is accumulated into ``layer.weight_grad`` like an ordinary ``.grad``.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
@@ -219,15 +218,11 @@ def discrete_layers(model: nn.Module) -> list[tuple[str, DiscreteLayer]]:
 
 
 def summarize(model: nn.Module) -> list[dict]:
-    """Per discrete layer: states, weights, bits per weight, packed bytes at rest, zero share.
-
-    Bytes at rest = ceil(weights * ceil(log2(states)) / 8): the layer packed at its true
-    bit width (the int8 training buffer is ``weights`` bytes).
-    """
+    """Per discrete layer: states, weights, zero share (what a layer's bits at rest are is the
+    file format's to say: gxnor_cli.deploy.packed.weight_bits)."""
     rows = []
     for name, layer in discrete_layers(model):
-        n, bits = layer.num_weights, layer.space.bits
+        n = layer.num_weights
         zeros = (layer.state == 0).sum().item() if layer.space.states > 2 else 0
-        rows.append({"layer": name, "states": layer.space.states, "weights": n, "bits": bits,
-                     "bytes": math.ceil(n * bits / 8), "zero_frac": zeros / n})
+        rows.append({"layer": name, "states": layer.space.states, "weights": n, "zero_frac": zeros / n})
     return rows

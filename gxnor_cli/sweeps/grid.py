@@ -28,8 +28,8 @@ class Point:
     axes: dict[str, str]  # the swept keys and this point's values
     cfg: Optional[Config] = None
     status: str = "PENDING"  # PENDING | RUNNING | FINISHED | FAILED | SKIPPED | KILLED
-    run_id: Optional[str] = None
-    resume: Optional[str] = None  # an interrupted child run of an earlier try to continue
+    run_id: Optional[str] = None  # its child run (PENDING: the child of an earlier try, to train on in)
+    resume: Optional[str] = None  # that child, when it left a last.pt to continue from
     metrics: dict = field(default_factory=dict)
     error: str = ""
     progress: str = ""  # the last epoch of a running trial, e.g. "epoch 3/20 val 0.9126"

@@ -5,9 +5,10 @@
     CSV and plots)
 
 Running the same sweep again finds its parent by the sweep's identity and skips the points
-already FINISHED; a point whose child run was interrupted (KILLED, or RUNNING by a process
-that died) continues from that run's last.pt into the same child run; a point whose trial
-still runs (an earlier submission, e.g. on a cluster) is waited for, not trained twice.  The launcher is how
+already FINISHED; a point whose child run ended otherwise (KILLED, FAILED, or RUNNING by a
+process that died) trains on in that same child, from its last.pt when it has one; a point
+whose trial still runs (an earlier submission, e.g. on a cluster) is waited for, not trained
+twice.  Each point ends as one child run.  The launcher is how
 trials run, not what they compute: it is no part of the sweep's identity.
 """
 
@@ -22,8 +23,8 @@ from ..config import ConfigError
 from ..data.sources import load_data
 from ..errors import UserError
 from ..models.nets import model_from_config
-from ..tracking import client
-from ..tracking.client import check, child_runs, reap_stale, Run
+from ..tracking import client, views
+from ..tracking.client import check, child_runs, reap_stale, Run, save_view
 from ..tracking.store import Store
 from ..training.group import resolve_device
 from ..interrupt import check_stop
@@ -61,21 +62,31 @@ def find_parent(store: Store, experiment: str, sid: str, points: list[Point], ov
                                     "gxnor.overrides": " ".join(overrides)})
         parent.log_text(json.dumps([{"axes": p.axes, "overrides": p.overrides} for p in points], indent=1),
                         "grid.json")
+        view = views.sweep_view(parent.run_id, list(points[0].axes))
+        save_view(store, experiment, views.sweep_key(parent.run_id), view)
         return parent
     parent = Run(store, experiment, run_id=found[0]["run_id"])
-    by_key = {p.key: p for p in points}
-    for child in child_runs(store, parent.run_id, experiment):
+    by_key, adopted = {p.key: p for p in points}, set()
+    for child in child_runs(store, parent.run_id, experiment):  # newest first
         p = by_key.get(child["tags"].get("gxnor.point"))
         if p is None or p.status == "SKIPPED":
             continue
-        if child["status"] == "FINISHED":
+        if child["status"] == "FINISHED":  # a finished child wins over any other of its point
             p.status, p.run_id, p.metrics, p.resume = "SKIPPED", child["run_id"], child["metrics"], None
-        elif child["status"] == "RUNNING":  # live (stale ones were reaped): a trial of an earlier submission
+        elif p.key not in adopted and child["status"] == "RUNNING":  # live (stale ones were reaped)
             p.status, p.run_id = "RUNNING", child["run_id"]
             p.progress = f"elsewhere: pid {child['tags'].get('gxnor.pid')} on {child['tags'].get('gxnor.host')}"
-        elif child["status"] == "KILLED" and (store.checkpoint_dir(child["run_id"]) / "last.pt").is_file():
-            p.resume = child["run_id"]
+        elif p.key not in adopted:
+            carry_on(store, p, child["run_id"])
+        adopted.add(p.key)
     return parent
+
+
+def carry_on(store: Store, point: Point, run_id: str) -> None:
+    """A point whose child ended KILLED or FAILED trains on in that same child: from its
+    last.pt when it has one, else from the start (one child per point, whatever happened)."""
+    point.status, point.run_id = "PENDING", run_id
+    point.resume = run_id if (store.checkpoint_dir(run_id) / "last.pt").is_file() else None
 
 
 def await_elsewhere(store: Store, experiment: str, points: list[Point], update, poll_s: float = 2.0) -> None:
@@ -94,9 +105,8 @@ def await_elsewhere(store: Store, experiment: str, points: list[Point], update, 
             p.progress = ""
             if run["status"] == "FINISHED":
                 p.status, p.metrics = "SKIPPED", run["metrics"]
-            else:  # KILLED (continue from its last.pt when there is one) or FAILED (train anew)
-                last = (store.checkpoint_dir(p.run_id) / "last.pt").is_file()
-                p.status, p.resume = "PENDING", p.run_id if run["status"] == "KILLED" and last else None
+            else:
+                carry_on(store, p, p.run_id)
         update(points)
 
 

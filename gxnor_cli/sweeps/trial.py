@@ -11,23 +11,36 @@ from typing import Callable, Optional
 
 from ..config import Config, flatten
 from ..tracking.client import Run
+from ..tracking.report import fmt
 from ..tracking.store import Store
 from ..training.launch import train
 from ..training.run import Hooks
 from .grid import Point
 
 
+#: Swept keys that a run's short name already shows.
+NAMED = {"quant.weight_states", "quant.act_states", "quant.window", "dst.rule", "dst.transition", "trainer.seed"}
+
+
+def trial_name(point: Point) -> str:
+    """What the point is, e.g. ``w3a3-r0.3-adam-s0``, plus every swept key the short name
+    does not show (``w3a3-r0.5-adam-s0-lr0.1``), so that the children of a sweep differ."""
+    extra = [f"{key.rsplit('.', 1)[-1]}{value}" if "." in key else value for key, value in point.axes.items()
+             if key not in NAMED]
+    return "-".join([point.cfg.short_name(), *extra])
+
+
 def trial_config(point: Point, threads: Optional[int] = None) -> Config:
     """The config a point's trial runs: continuing its interrupted child (``point.resume``),
-    ``threads`` torch threads unless the point sets them, and named after its point
-    (e.g. "window=0.3 pulse=tri") unless it names itself."""
+    ``threads`` torch threads unless the point sets them, and named after its point unless
+    it names itself."""
     cfg, changes = point.cfg, {}
     if point.resume:
         changes["trainer.resume"] = point.resume
     if threads and not cfg.trainer.threads:
         changes["trainer.threads"] = threads
     if cfg.tracking.run_name is None:
-        changes["tracking.run_name"] = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.axes.items())
+        changes["tracking.run_name"] = trial_name(point)
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -39,7 +52,7 @@ def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
     cfg, overrides = trial_config(point, threads), list(point.overrides)
     if point.resume:
         overrides.append(f"trainer.resume={point.resume}")
-    started = {"run_id": point.resume}
+    started = {"run_id": point.run_id}
 
     def begin(run_id: str, _cfg) -> None:
         started["run_id"] = run_id
@@ -48,11 +61,12 @@ def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
 
     def epoch_done(m: dict) -> None:
         if on_progress is not None:
-            on_progress(f"epoch {m['epoch']}/{cfg.trainer.epochs} val {m['val_acc']:.4f}")
+            on_progress(f"epoch {m['epoch']}/{cfg.trainer.epochs} val {fmt(m['val_acc'], 'acc')}")
 
     try:
         result = train(cfg, overrides, Hooks(on_start=begin, on_epoch=epoch_done), parent_id=parent_id,
-                       tags={"gxnor.command": "sweep", "gxnor.point": point.key})
+                       tags={"gxnor.command": "sweep", "gxnor.point": point.key},
+                       run_id=None if point.resume else point.run_id)
         return {"status": "FINISHED", **result}
     except KeyboardInterrupt:
         return {"status": "KILLED", "run_id": started["run_id"]}

@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 
 from .. import __version__
 from ..errors import UserError
+from . import views
 from .store import Store, StoreError
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -110,25 +111,36 @@ def owner_tags() -> dict[str, str]:
 
 
 def experiment_id(store: Store, name: str, create: bool = True) -> Optional[str]:
-    """The id of experiment ``name`` (created, as a model-training experiment, when missing)."""
+    """The id of experiment ``name`` (created, as a model-training experiment with gxnor's
+    saved runs view, when missing; an older experiment gets what it lacks)."""
     from mlflow.exceptions import MlflowException
 
     client = _client(store)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
-        if exp.tags.get("mlflow.experimentKind") is None:
-            client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind",
-                                      EXPERIMENT_KIND["mlflow.experimentKind"])
+        for key, value in experiment_tags().items():
+            if key not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     if not create:
         return None
     try:
-        return client.create_experiment(name, artifact_location=store.artifact_location, tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=store.artifact_location, tags=experiment_tags())
     except MlflowException:  # another process created it meanwhile
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def experiment_tags() -> dict[str, str]:
+    """What every gxnor experiment carries: MLflow 3's training kind and the saved runs view."""
+    return {**EXPERIMENT_KIND, views.TAG + views.RUNS_VIEW: views.encode(views.runs_view())}
+
+
+def save_view(store: Store, experiment: str, key: str, state: dict) -> None:
+    """Store the saved view ``key`` of the UI (see :mod:`.views`) on ``experiment``."""
+    _client(store).set_experiment_tag(experiment_id(store, experiment), views.TAG + key, views.encode(state))
 
 
 class Run:
@@ -145,9 +157,10 @@ class Run:
         self.warn, self.warned = warn, False
         if run_id is not None:
             self.run_id = run_id
-            if not keep_status:
+            if not keep_status:  # it trains again: RUNNING, here, and no error of an earlier try
                 self.client.update_run(run_id, status="RUNNING")
                 self.set_tags(owner_tags())
+                self.clear_tag("gxnor.error")
             return
         all_tags = {"gxnor.version": __version__, "gxnor.git_sha": git_sha(), **owner_tags(), **(tags or {})}
         if parent_id:
@@ -228,6 +241,14 @@ class Run:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         self._call(lambda: self.client.log_batch(self.run_id, tags=items))
 
+    def clear_tag(self, key: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_tag(self.run_id, key)
+        except MlflowException:  # it had no such tag
+            pass
+
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         self._call(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
@@ -290,6 +311,7 @@ def find_run(store: Store, ref: str) -> dict:
     from mlflow.exceptions import MlflowException
 
     check(store)
+    reap_stale(store)
     client = _client(store)
     if len(ref) == 32:
         try:
@@ -356,8 +378,9 @@ def stale_reason(tags: dict[str, str], now: Optional[float] = None) -> Optional[
     return None
 
 
-def reap_stale(store: Store, experiment: str) -> list[str]:
-    """Mark KILLED every RUNNING run of ``experiment`` whose training process is gone."""
+def reap_stale(store: Store, experiment: Optional[str] = None) -> list[str]:
+    """Mark KILLED every RUNNING run of ``experiment`` (of every experiment: None) whose
+    training process is gone.  Every command that opens the store calls it first."""
     reaped = []
     client = _client(store)
     for run in _search(store, "attributes.status = 'RUNNING'", experiment):
@@ -384,20 +407,17 @@ def ui_links(store: Store, port: int, experiment: str) -> dict[str, str]:
     """Links into the MLflow UI: the runs table of ``experiment`` and a compare view of its
     newest sweep's children (when there is one)."""
     base = f"http://127.0.0.1:{port}"
+    if store.exists():
+        reap_stale(store)
     exp = experiment_id(store, experiment, create=False) if store.exists() else None
     if exp is None:
         return {"ui": base}
-    # the Model training view (MLflow 3 opens on GenAI pages otherwise), best test accuracy first
-    links = {"runs": f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning"
-                     f"&orderByKey=metrics.%60test_acc%60&orderByAsc=false"}
+    # gxnor's saved views, in the Model training view (MLflow 3 opens on GenAI pages otherwise)
+    links = {"runs": views.link(base, exp, views.RUNS_VIEW)}
     sweeps = _search(store, "tags.`gxnor.command` = 'sweep'", experiment)
     parents = [r for r in sweeps if "mlflow.parentRunId" not in r["tags"]]
     if parents:
-        kids = [k["run_id"] for k in child_runs(store, parents[0]["run_id"], experiment)]
-        if kids:
-            ids = ",".join(f'"{k}"' for k in kids)
-            links["sweep"] = (f"{base}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp}\"]"
-                              f"&workflowType=machine_learning")
+        links["sweep"] = views.link(base, exp, views.sweep_key(parents[0]["run_id"]), charts=True)
     return links
 
 

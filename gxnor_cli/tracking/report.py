@@ -12,30 +12,44 @@ from rich.console import Console
 from rich.table import Table
 
 
+#: Kinds of numbers, by the name they are printed under: shares print as percentages,
+#: counts of things as integers with thousands separators.
+SHARES = ("acc", "_prob", "_frac", "_rate", "_zero", "gated_off")
+COUNTS = ("bytes", "weights", "macs", "_ops", "pairs", "gates_opened", "popcount_words", "samples", "epoch")
+
+
+def fmt(value, name: str = "") -> str:
+    """``value`` printed as its kind, told by ``name``: a share as 93.04%, a count as 25,200,
+    bits as 1.60, anything else with four significant digits."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return "" if value is None else str(value)
+    if any(name.endswith(k) or name == k.strip("_") for k in SHARES):
+        return f"{100 * value:.2f}%"
+    if any(k in name for k in COUNTS) or isinstance(value, int):
+        return f"{round(value):,}"
+    if name in ("bits", "limit", "bits_per_weight"):
+        return f"{value:.2f}"
+    return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+
+
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence], console: Optional[Console] = None) -> None:
+    """A rich table; each value printed as the kind its column (a ``value`` column: its row's
+    first cell) names."""
     out = Table(title=title, title_justify="left")
     for i, name in enumerate(columns):
         out.add_column(name, justify="left" if i == 0 else "right")
     for row in rows:
-        out.add_row(*(fmt(v) for v in row))
+        out.add_row(*(fmt(v, str(row[0]) if columns[i] == "value" else columns[i]) for i, v in enumerate(row)))
     (console or Console()).print(out)
 
 
 def epoch_line(m: dict, total: int) -> str:
     """One plain line for an epoch's metrics (logs, sweeps, data-parallel rank 0)."""
-    parts = [f"epoch {m['epoch']}/{total}", f"loss {m['train_loss']:.4f}", f"train {m['train_acc']:.4f}",
-             f"val {m['val_acc']:.4f}", f"lr {m['lr']:.3g}", f"{m['epoch_time_s']:.1f}s"]
+    parts = [f"epoch {m['epoch']}/{total}", f"loss {m['train_loss']:.4f}", f"train {fmt(m['train_acc'], 'acc')}",
+             f"val {fmt(m['val_acc'], 'acc')}", f"lr {m['lr']:.3g}", f"{m['epoch_time_s']:.1f}s"]
     if "resting_prob" in m:
-        parts.append(f"resting {m['resting_prob']:.3f}")
+        parts.append(f"resting {fmt(m['resting_prob'], 'resting_prob')}")
     return "  ".join(parts)
-
-
-def fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return "" if value is None else str(value)
 
 
 def pyplot():

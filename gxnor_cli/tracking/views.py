@@ -59,8 +59,8 @@ def runs_view() -> dict:
 def sweep_view(parent_id: str, axes: list[str]) -> dict:
     """The children of the sweep ``parent_id``: first a chart of test accuracy against the swept
     keys ``axes`` (a scatter for one key, parallel coordinates for several), then one scatter
-    per swept key."""
-    keys = list(axes) or STATE_KEYS
+    per swept key.  A swept group (``quant=gxnor,bnn``) is no param: then the state keys."""
+    keys = [a for a in axes if "." in a] or STATE_KEYS
     section = {"uuid": _uuid(parent_id, "section"), "name": "Test accuracy against the swept keys",
                "display": True, "isReordered": False, "deleted": False, "isGenerated": False}
     scatters = [scatter_chart(key, section["uuid"], parent_id) for key in keys]
@@ -91,6 +91,8 @@ def encode(state: dict) -> str:
 
 
 def link(base: str, experiment_id: str, key: str, charts: bool = False) -> str:
-    """The URL that opens the saved view ``key`` (on its charts with ``charts``)."""
+    """The URL that opens the saved view ``key`` (on its charts with ``charts``) in MLflow's
+    Model training pages."""
     mode = "&compareRunsMode=CHART" if charts else ""
-    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={quote(key)}{mode}"
+    return (f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={quote(key)}{mode}"
+            f"&workflowType=machine_learning")

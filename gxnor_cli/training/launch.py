@@ -28,19 +28,21 @@ from .run import Hooks, open_run, prepare, resolve, teacher_of, train_run
 
 
 def train(cfg: Config, overrides: Sequence[str] = (), hooks: Hooks = Hooks(), parent_id: Optional[str] = None,
-          tags: Optional[dict] = None) -> dict:
+          tags: Optional[dict] = None, run_id: Optional[str] = None) -> dict:
     """Train one run, new or resumed, on ``trainer.devices`` processes; its final metrics.
+    ``run_id``: an existing run to train into from the start (a sweep's child that left no
+    checkpoint).
 
     In a plain process asked for N > 1 devices, check everything, then start the ranks;
     otherwise (one device, or a rank that torchrun started) train here."""
     start = resolve(cfg, overrides)
     if start.cfg.trainer.devices == 1 or in_group_env():
-        return train_run(start, hooks, parent_id, tags)
+        return train_run(start, hooks, parent_id, tags, run_id)
     cfg = check_world(start.cfg, start.payload, start.cfg.trainer.devices)
     data, _ = prepare(cfg)  # files, architecture and teacher checked before any rank starts
     teacher_of(cfg, data)
     return launch(cfg, start.overrides, lambda ran: open_run(ran, start.store, data, start.overrides, start.payload,
-                                                             parent_id=parent_id, tags=tags))
+                                                             run_id, parent_id, tags))
 
 
 def rank_main(cfg_dict: dict, overrides: list[str], run_id: str) -> dict:

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
+from torch import nn
 
 from .. import checkpoint
 from ..checkpoint import CheckpointError
 from ..config import SELECTABLE, Config, ConfigError, flatten, from_dict
 from ..data.sources import load_data
 from ..data.splits import Dataset
+from ..deploy import packed
+from ..deploy.fold import export_run
+from ..discrete.layers import DiscreteLayer
 from ..errors import UserError
 from ..models.measure import state_histograms
 from ..models.nets import load_trained, model_from_config, start_from
@@ -120,7 +126,7 @@ def open_run(cfg: Config, store: Store, data: Dataset, overrides: list[str], pay
     if run_id or payload is not None:
         return Run(store, cfg.tracking.experiment, run_id=run_id or payload["run_id"])
     all_tags = {"gxnor.overrides": " ".join(overrides), **(tags or {})}
-    run = Run(store, cfg.tracking.experiment, run_name=cfg.tracking.run_name, tags=all_tags,
+    run = Run(store, cfg.tracking.experiment, run_name=cfg.tracking.run_name or cfg.short_name(), tags=all_tags,
                        parent_id=parent_id)
     run.log_params(flatten(cfg))
     run.log_input(cfg.data.name, dataset_digest(data), cfg.data.root or cfg.data.name, "training")
@@ -200,6 +206,8 @@ def fit_logged(run: Run, trainer: Trainer, hooks: Hooks) -> dict:
     stop_heartbeat = run.start_heartbeat()
     try:
         result = trainer.fit(epoch_done, hooks.on_batch if main else None)
+        if main:
+            result.update(size_metrics(trainer))
         run.log_metrics(result, step=trainer.cfg.trainer.epochs)
         if main:
             log_artifacts(run, trainer)
@@ -215,6 +223,24 @@ def fit_logged(run: Run, trainer: Trainer, hooks: Hooks) -> dict:
     stop_heartbeat()
     run.end("FINISHED")
     return result
+
+
+def size_metrics(trainer: Trainer) -> dict[str, float]:
+    """``bits_per_weight``: the packed format's bits per weight over every weight (a float
+    weight counts 32); ``export_bytes``: the size of the packed export, for nets whose every
+    layer is discrete (others cannot be packed)."""
+    layers = [(m, discrete) for m in trainer.model.modules()
+              if (discrete := isinstance(m, DiscreteLayer)) or isinstance(m, (nn.Linear, nn.Conv2d))]
+    bits = [(packed.weight_bits(m.space.states) if discrete else 32.0, m.num_weights if discrete else m.weight.numel())
+            for m, discrete in layers]
+    out = {"bits_per_weight": sum(b * n for b, n in bits) / max(1, sum(n for _, n in bits))}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            out["export_bytes"] = export_run(trainer.model_payload(trainer.best_state or trainer.model.state_dict()),
+                                             Path(tmp) / "model.gxnor")[0]["bytes"]
+        except UserError:  # float parts: no packed file
+            pass
+    return out
 
 
 def log_artifacts(run: Run, trainer: Trainer) -> None:
