@@ -168,3 +168,24 @@ def test_numbers_print_as_their_kind(cli, runs_dir):
     assert rows["test_acc"].endswith("%") and rows["test_resting_prob"].endswith("%")
     assert "," in rows["export_bytes"] and rows["bits_per_weight"] == "1.60"
     assert any(line.startswith("epoch ") and "val " in line and "%" in line for line in err.splitlines())
+
+
+def test_a_mistyped_run_id_is_said_before_torch_or_mlflow_load(runs_dir):
+    import subprocess
+    import sys
+
+    script = """
+import contextlib, io, sys
+from gxnor_cli.cli import main
+for command in ("eval", "export", "summary"):
+    sys.argv = ["gxnor", command, "nope"]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            main()
+        except SystemExit as done:
+            assert done.code == 2 and "no run 'nope'" in err.getvalue(), (command, err.getvalue())
+print(sorted(m for m in ("torch", "mlflow") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=runs_dir.parent)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr

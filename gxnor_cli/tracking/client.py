@@ -308,6 +308,8 @@ def _record(r) -> dict:
 
 def find_run(store: Store, ref: str) -> dict:
     """An existing run by id or unique id prefix; UserError when there is none or several."""
+    if not _may_exist(store, ref):
+        raise UserError(f"no run {ref!r} in the tracking store {store.describe()}")
     from mlflow.exceptions import MlflowException
 
     check(store)
@@ -326,6 +328,22 @@ def find_run(store: Store, ref: str) -> dict:
         raise UserError(f"run id prefix {ref!r} is ambiguous: "
                         f"{', '.join(r.info.run_id[:12] for r in matches[:5])}; give more characters")
     return _record(matches[0])
+
+
+def _may_exist(store: Store, ref: str) -> bool:
+    """False when a local sqlite store surely holds no run whose id starts with ``ref``: a
+    read-only look at its runs table, so that a mistyped id is said at once, before MLflow
+    (seconds to import) is loaded.  Anything unexpected answers True (MLflow decides)."""
+    import sqlite3
+
+    path = store.sqlite_path
+    if path is None or not path.is_file() or not ref.isalnum():
+        return True
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            return db.execute("SELECT 1 FROM runs WHERE run_uuid LIKE ? LIMIT 1", (ref + "%",)).fetchone() is not None
+    except sqlite3.Error:
+        return True
 
 
 def download_artifact(store: Store, run_id: str, artifact_path: str, dest: Path) -> Path:
