@@ -268,13 +268,16 @@ def sweep(
     from .sweeps.grid import expand, load_grid, merge_overrides
 
     overrides = list(overrides or [])
-    settings = [o for o in overrides if o.startswith("launcher.")]  # how trials run: not part of the sweep
-    overrides = [o for o in overrides if not o.startswith("launcher.")]
+    # how trials run and how big a grid may be: no part of the sweep's identity
+    settings = [o for o in overrides if o.startswith("launcher.")]
+    limits = [o for o in overrides if o.startswith("sweep.")]
+    overrides = [o for o in overrides if not o.startswith(("launcher.", "sweep."))]
     if grid:
         overrides = merge_overrides(load_grid(grid, (config_dir or default_config_dir()).resolve()), overrides)
     if not overrides:
         fail("nothing to sweep: give overrides such as quant.window=0.3,0.5 or --grid NAME")
-    points = expand(overrides, config_dir)  # every point validated before torch is loaded
+    count = lambda n: print(f"sweep: {n:,} points", file=sys.stderr, flush=True)
+    points = expand(overrides, config_dir, max_points(limits), count)  # all checked before torch loads
     from .sweeps.launchers import make_launcher
     from .sweeps.report import results_rows
     from .sweeps.sweep import execute
@@ -292,6 +295,19 @@ def sweep(
         print(f"gxnor: trial {p.key} failed: {p.error}", file=sys.stderr)
     if failed:
         raise typer.Exit(1)
+
+
+def max_points(words: list[str]) -> int:
+    """``sweep.max_points=N`` (the only sweep.* setting), else the default."""
+    from .sweeps.grid import MAX_POINTS
+
+    limit = MAX_POINTS
+    for word in words:
+        key, _, value = word.partition("=")
+        if key != "sweep.max_points" or not value.isdigit() or int(value) < 1:
+            fail(f"{word!r}: the one sweep setting is sweep.max_points=N (N >= 1)")
+        limit = int(value)
+    return limit
 
 
 def _sweep_progress():
@@ -331,6 +347,36 @@ def _sweep_progress():
                 print(f"[{i}/{len(points)}] {where}  {line}", file=sys.stderr, flush=True)
 
     return plain, lambda: None
+
+
+@app.command("sync")
+def sync_cmd(
+    target: Optional[str] = typer.Argument(None, help="A run id (or prefix), run directory or pending.json; "
+                                                      "default: every run under --runs-dir that kept calls."),
+    out_dir: str = RUNS_DIR,
+):
+    """Send what runs kept on disk while their tracking store was away; each run then shows
+    its true status.  Exit 0 only when everything landed; running it again sends nothing twice."""
+    from .tracking.client import sync
+    from .tracking.locate import pending_files
+    from .tracking.store import StoreError
+
+    files = pending_files(target, Path(out_dir))
+    if not files:
+        print(f"nothing to send: no run under {Path(out_dir) / 'checkpoints'} kept logging calls")
+        return
+    left = 0
+    for path in files:
+        try:
+            sent, kept = sync(path, Path(out_dir))
+        except StoreError as err:
+            sent, kept = 0, -1
+            print(f"gxnor: run {path.parent.name}: {err}", file=sys.stderr)
+        left += kept != 0
+        state = "all sent" if kept == 0 else "the store is still away, the rest is kept"
+        print(f"run {path.parent.name}: {sent} calls sent; {state}")
+    if left:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -32,6 +32,11 @@ SCHEDULES = ("exp", "cosine", "step", "constant")
 #: Largest learning rate taken as meant (sgd's default is 20; Adam-scaled rules use ~0.01).
 MAX_LR = 1e4
 LOSSES = ("squared_hinge", "cross_entropy")
+#: Bounds that catch a typo before it costs hours or memory (raise them in the code if you mean it).
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 1 << 20
+#: MLflow keeps run names up to 250 characters and experiment names up to 500.
+MAX_RUN_NAME, MAX_EXPERIMENT_NAME = 250, 500
 
 
 class ConfigError(UserError):
@@ -207,7 +212,9 @@ class TrainerConfig:
     out_dir: str = key("runs", "where checkpoints and the default MLflow store live")
 
     def __post_init__(self):
-        _require(self.epochs >= 1, f"trainer.epochs must be >= 1; got {self.epochs}")
+        _require(1 <= self.epochs <= MAX_EPOCHS, f"trainer.epochs must be in 1..{MAX_EPOCHS:,}; got {self.epochs}")
+        _require(self.batch_size <= MAX_BATCH, f"trainer.batch_size must be <= {MAX_BATCH:,}; got {self.batch_size}")
+        _require(bool(self.out_dir.strip()), "trainer.out_dir must name a directory (it is empty)")
         _require(self.batch_size >= 2,
                  f"trainer.batch_size must be >= 2 (BatchNorm normalises over a batch); got {self.batch_size}")
         _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
@@ -224,6 +231,15 @@ class TrackingConfig:
     uri: Optional[str] = key(None, "MLflow store (null: $MLFLOW_TRACKING_URI, else sqlite:///<out_dir>/mlflow.db)")
     experiment: str = key("gxnor", "MLflow experiment name")
     run_name: Optional[str] = key(None, "MLflow run name (null: what the run is, e.g. w3a3-r0.5-adam-s0)")
+
+    def __post_init__(self):
+        _require(bool(self.experiment.strip()) and len(self.experiment) <= MAX_EXPERIMENT_NAME,
+                 f"tracking.experiment must be a name of 1 to {MAX_EXPERIMENT_NAME} characters; "
+                 f"got {len(self.experiment)}")
+        _require(self.run_name is None or 0 < len(self.run_name.strip()) and len(self.run_name) <= MAX_RUN_NAME,
+                 f"tracking.run_name must have 1 to {MAX_RUN_NAME} characters (MLflow's limit); "
+                 f"got {len(self.run_name or '')}")
+        _require(self.uri is None or bool(self.uri.strip()), "tracking.uri is empty; leave it out (null) for the default")
 
 
 @dataclass(frozen=True)
@@ -325,7 +341,7 @@ def parse_overrides(overrides: list[str], config_dir: Path, allow_sweep: bool = 
     parser = OverridesParser.create()
     parsed = []
     for i, text in enumerate(overrides):
-        if "=" not in text:
+        if "=" not in text and not text.startswith("~"):
             raise ConfigError(not_an_override(text, overrides[i + 1] if i + 1 < len(overrides) else None))
         try:
             (override,) = parser.parse_overrides([text])

@@ -242,3 +242,107 @@ def test_eval_where_there_are_no_runs_creates_no_store(cli, tmp_path, monkeypatc
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     code, _, err = cli("eval", "0123abcd")
     assert code == 2 and "no tracking store" in err and not (tmp_path / "runs").exists()
+
+
+# -- round two ----------------------------------------------------------------------------------
+def test_kill_9_while_a_fresh_store_is_made_leaves_it_usable(tmp_path):
+    """The store is made in a file beside it and renamed into place once complete."""
+    proc = gxnor(tmp_path, "train", *TINY)
+    wait_for(lambda: list((tmp_path / "runs").glob(".mlflow.db.new-*")), 120, "the store being made")
+    time.sleep(0.3)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert not (tmp_path / "runs" / "mlflow.db").exists()  # no half-made store in its place
+    again = gxnor(tmp_path, "train", *TINY)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert not list((tmp_path / "runs").glob(".mlflow.db.new-*"))
+    (run,) = runs_in_store(tmp_path / "runs")
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "quant.window=range(0,0)"], "has no values"),
+    (["train", "tracking.experiment="], "tracking.experiment must be a name"),
+    (["train", "tracking.run_name=" + "x" * 120_000], "tracking.run_name must have 1 to 250"),
+    (["train", "trainer.out_dir="], "trainer.out_dir must name a directory"),
+    (["train", "trainer.epochs=100000000000"], "trainer.epochs must be in 1..1,000,000"),
+    (["train", "trainer.epochs=1e20"], "trainer.epochs"),
+    (["sweep", "trainer.seed=range(0,10000)"], "the grid has 10,000 points, more than sweep.max_points=1,000"),
+    (["train", "model.arch=100000000FC-10"], "GiB available"),
+])
+def test_inputs_that_used_to_crash_or_hang_are_one_line_and_exit_2(cli, runs_dir, args, message):
+    code, _, err = cli(*args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) <= 2, err
+    assert "Traceback" not in err and runs_in_store(runs_dir) == []
+
+
+def test_a_big_grid_is_counted_at_once_and_allowed_on_request(cli, runs_dir, monkeypatch):
+    from gxnor_cli.sweeps import sweep
+
+    monkeypatch.setattr(sweep, "execute", lambda points, *a, **k: (points, "p", "FINISHED"))  # count, compose only
+    code, _, err = cli("sweep", "trainer.seed=range(0,1200)", "sweep.max_points=1200", *TINY)
+    assert code == 0 and err.startswith("sweep: 1,200 points"), err
+
+
+def test_a_runs_directory_that_cannot_be_written_is_said_before_the_run(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "checkpoints").mkdir(parents=True)
+    done = subprocess.run(["chattr", "+i", str(tmp_path / "runs" / "checkpoints")], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {done.stderr.strip()}")
+    try:
+        code, _, err = cli("train", *TINY)
+    finally:
+        subprocess.run(["chattr", "-i", str(tmp_path / "runs" / "checkpoints")], check=True)
+    assert code == 2 and "cannot write checkpoints under" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_full_disk_while_checkpointing_fails_the_run_and_keeps_the_last_checkpoint(cli, tmp_path, mlflow_template,
+                                                                                    monkeypatch):
+    """A real full disk: a 1.2 MB tmpfs holds the checkpoints; the second epoch's last.pt no
+    longer fits.  The run ends FAILED with the reason, the first epoch's last.pt is intact."""
+    from gxnor_cli import checkpoint
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        runs = store_copy(mlflow_template, tmp_path / "store")
+        monkeypatch.chdir(tmp_path)
+        code, _, err = cli("train", "trainer.epochs=3", "trainer.threads=1", f"trainer.out_dir={disk}",
+                           f"tracking.uri=sqlite:///{runs / 'mlflow.db'}")
+        assert code == 1 and "No space left on device" in err.strip().splitlines()[-1], err
+        assert "Traceback" not in err
+        (run,) = runs_in_store(runs)
+        assert run.info.status == "FAILED" and "No space left" in run.data.tags["gxnor.error"]
+        last = checkpoint.load(disk / "checkpoints" / run.info.run_id / "last.pt")
+        assert last["epoch"] == 1
+        assert not list((disk / "checkpoints" / run.info.run_id).glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p.update(epoch=-3), "its epoch is -3"),
+    (lambda p: p["model"][next(k for k in p["model"] if k.endswith("running_mean"))].fill_(float("nan")),
+     "holds NaN or infinite values"),
+    (lambda p: p["model"][next(k for k in p["model"] if k.endswith("running_var"))].fill_(-1.0),
+     "negative variances"),
+    (lambda p: p["config"]["model"].update(arch="100000000FC-10"), "describes 7,400,000,000 weights"),
+])
+def test_checkpoint_values_are_checked_not_only_their_names(cli, runs_dir, change, message):
+    from gxnor_cli import checkpoint
+
+    code, out, _ = cli("train", *TINY, "--json")
+    run_id = json.loads(out)["run_id"]
+    for name in ("best.pt", "last.pt"):
+        path = runs_dir / "checkpoints" / run_id / name
+        payload = checkpoint.load(path)
+        change(payload)
+        checkpoint.save(path, {k: v for k, v in payload.items() if k != "format"})
+    for command in (["eval", run_id], ["export", run_id], ["train", f"trainer.resume={run_id}", "trainer.epochs=3"]):
+        code, _, err = cli(*command)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (command, err)

@@ -175,3 +175,45 @@ def test_a_postgresql_backed_server_receives_runs_and_serves_checkpoints(tmp_pat
         subprocess.run([*as_owner, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_server_gone_for_good_keeps_everything_on_disk_and_gxnor_sync_sends_it(server, tmp_path):
+    """The store never comes back while the run trains: the run exits 1 saying where its logging
+    is kept; once the server is back, `gxnor sync` sends it all, once, and the run shows FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    args = ["train", "model.arch=8C3-MP2-32FC-10", "data.limit=300", "trainer.batch_size=25", "trainer.threads=1",
+            "trainer.epochs=8", f"tracking.uri={server.uri}"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "gxnor_cli", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("epoch 2/"):
+            break
+    server.stop()  # for good, while the run trains
+    out, rest = proc.communicate(timeout=300)
+    err = "".join(lines) + rest
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("gxnor: error:") and "pending.json" in last and "gxnor sync" in last
+    run_id = next(l.split()[1] for l in lines if l.startswith("run "))
+    kept = tmp_path / "runs" / "checkpoints" / run_id / "pending.json"
+    assert kept.is_file()
+
+    done = gxnor(tmp_path, "sync")  # the server is still away: nothing lands, nothing is lost
+    assert done.returncode == 1 and kept.is_file()
+    server.start()
+    client = MlflowClient(server.uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    done = gxnor(tmp_path, "sync")
+    assert done.returncode == 0 and "all sent" in done.stdout, done.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "test_acc" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == list(range(1, 9))
+    assert "checkpoint" in {a.path for a in client.list_artifacts(run_id)}
+    assert not kept.exists()
+    again = gxnor(tmp_path, "sync")
+    assert again.returncode == 0 and "nothing to send" in again.stdout
+    assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == list(range(1, 9))

@@ -118,7 +118,7 @@ LAYERS = {
     "gxnor_cli.checkpoint": BASE,
     "gxnor_cli.config": BASE | {"gxnor_cli.discrete", "gxnor_cli.data"},
     "gxnor_cli.models": BASE | {"gxnor_cli.discrete", "gxnor_cli.data", "gxnor_cli.config", "gxnor_cli.checkpoint"},
-    "gxnor_cli.tracking": BASE | {"gxnor_cli"},
+    "gxnor_cli.tracking": BASE | {"gxnor_cli", "gxnor_cli.checkpoint"},
     "gxnor_cli.deploy": BASE | {"gxnor_cli", "gxnor_cli.discrete", "gxnor_cli.data", "gxnor_cli.models",
                                 "gxnor_cli.checkpoint"},
     "gxnor_cli.training": BASE | {"gxnor_cli.discrete", "gxnor_cli.data", "gxnor_cli.config", "gxnor_cli.models",

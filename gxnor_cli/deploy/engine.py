@@ -97,11 +97,15 @@ class PackedModel:
 
     MIN_SHARE = 128  # images a thread must get before threads pay off
 
+    #: Values of convolution patches one batch may copy (float32: 512 MiB): larger batches shrink.
+    BATCH_PATCHES = 1 << 27
+
     def __init__(self, manifest: dict, blobs: dict[str, np.ndarray], kernel: str = "gemm"):
         packed.validate(manifest, blobs)
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
         self.manifest, self.kernel = manifest, kernel
+        self.in_shape = tuple(manifest["input"]["shape"])
         self.measure = True  # count pairs and opened gates (False: inference only)
         self.threads = 1  # batches run in this many threads when not measuring
         self._pool = None  # (threads, the threads' pool), made on first use
@@ -133,6 +137,21 @@ class PackedModel:
             if layer.gated:
                 layer.sign_w, layer.nz_w = pack_rows(rows > 0), pack_rows(rows != 0)
             self.layers.append(layer)
+        self.max_batch = max(1, self.BATCH_PATCHES // max(1, self.patches_per_sample()))
+
+    def patches_per_sample(self) -> int:
+        """The most values one sample's input rows of a layer take (convolution patches)."""
+        channels, height, width = self.in_shape
+        most = channels * height * width
+        for layer in self.layers:
+            spec = layer.spec
+            if spec["kind"] == "conv":
+                k, pad = spec["kernel"], spec["padding"]
+                height, width = height + 2 * pad - k + 1, width + 2 * pad - k + 1
+                most = max(most, height * width * channels * k * k)
+                height, width = (height // spec["pool"], width // spec["pool"]) if spec["pool"] else (height, width)
+                channels = spec["weight"]["shape"][0]
+        return most
 
     @classmethod
     def load(cls, path: Path, kernel: str = "gemm") -> "PackedModel":
@@ -214,6 +233,9 @@ class PackedModel:
     # -- the model -------------------------------------------------------------------
     def scores(self, images: np.ndarray) -> np.ndarray:
         """Class scores of raw uint8 images (N, C, H, W)."""
+        if tuple(images.shape[1:]) != self.in_shape:
+            raise packed.PackedError(f"the model takes inputs of shape {list(self.in_shape)}, "
+                                     f"these are {list(images.shape[1:])}")
         x = (2 * images.astype(np.int32) - self.max_value).transpose(0, 2, 3, 1)  # u: x = u / max_value
         for layer in self.layers:
             x = self._layer(layer, x)
@@ -224,6 +246,7 @@ class PackedModel:
         images a thread) the images are split in that many shares run in threads of one pool
         kept by the model, BLAS one thread each (numpy releases the GIL in its kernels)."""
         threads = min(self.threads, len(images) // self.MIN_SHARE)
+        batch_size = min(batch_size, self.max_batch)
         if self.measure or threads <= 1:
             return np.concatenate([self.scores(images[i:i + batch_size]).argmax(1)
                                    for i in range(0, len(images), batch_size)])

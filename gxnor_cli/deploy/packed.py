@@ -154,8 +154,10 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise PackedError(f"{path} is truncated inside its manifest")
     try:
         manifest = json.loads(raw[HEADER.size:start].rstrip(b"\0"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PackedError(f"{path} has a corrupt manifest: {err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise PackedError(f"{path} has a corrupt manifest: {str(err)[:200]}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("blobs", {}), dict):
+        raise PackedError(f"{path} has a corrupt manifest: not a table of entries")
     if manifest.get("version") != version:
         raise PackedError(f"{path}: manifest version {manifest.get('version')} does not match header {version}")
     blobs, end = {}, start
@@ -198,8 +200,16 @@ def validate(manifest: dict, blobs: dict[str, np.ndarray]) -> None:
             check.geometry(f"layer {i}", spec, out_ch)
             check.layer_input(f"layer {i}", spec["input"], previous)
             previous = check.output(f"layer {i}", spec["output"], out_ch, i == len(layers) - 1)
-    except (KeyError, TypeError, AttributeError, ValueError) as err:
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError, OverflowError) as err:
         raise PackedError(f"invalid packed model: missing or malformed manifest entry ({err!r})") from None
+
+
+#: What a manifest may claim, checked before anything is allocated: a side of the input or a
+#: feature map, the values one sample's input or layer output holds, the values of one
+#: sample's convolution patches (what the engine copies).
+MAX_SIDE = 4096
+MAX_SAMPLE = 1 << 24
+MAX_PATCHES = 1 << 26
 
 
 class _Checker:
@@ -227,7 +237,8 @@ class _Checker:
         states = entry.get("states")
         self.need(states in ALLOWED_STATES and not isinstance(states, bool), where, f"states {states!r} is not a space")
         sp = Space(states)
-        self.need(entry.get("codes") == sp.codes().tolist(), where, f"codes do not match {states} states")
+        codes = list(range(-sp.max_code, sp.max_code + 1, sp.code_step))
+        self.need(entry.get("codes") == codes, where, f"codes do not match {states} states")
         if "bits" in entry:
             self.need(entry["bits"] == sp.bits, where, f"bits {entry['bits']!r} for {states} states (expected {sp.bits})")
         return sp
@@ -237,6 +248,8 @@ class _Checker:
         self.need(self.manifest.get("format") == "gxnor-packed", "manifest", "format is not gxnor-packed")
         self.need(isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape),
                   "input", f"shape {shape!r} is not [C, H, W]")
+        self.need(max(shape[1:]) <= MAX_SIDE and math.prod(shape) <= MAX_SAMPLE, "input",
+                  f"shape {shape} is larger than a packed model may claim")
         self.need(isinstance(inp["max_value"], int) and inp["max_value"] > 0, "input",
                   "max_value must be an integer > 0")
         self.channels, self.height, self.width = shape
@@ -263,10 +276,14 @@ class _Checker:
         if spec["kind"] == "conv":
             k, pad = spec["kernel"], spec["padding"]
             self.need(self.features is None, where, "a convolution after a dense layer")
-            self.need(isinstance(k, int) and k >= 1 and isinstance(pad, int) and pad >= 0, where, "kernel or padding")
+            self.need(isinstance(k, int) and k >= 1 and isinstance(pad, int) and 0 <= pad < k, where,
+                      f"kernel {k!r} or padding {pad!r} (a padding of k or more adds only zeros)")
             self.need(shape == [out_ch, self.channels, k, k], where,
                       f"weight shape {shape} does not fit {self.channels} input channels and kernel {k}")
             self.height, self.width = self.height + 2 * pad - k + 1, self.width + 2 * pad - k + 1
+            self.need(self.height * self.width * self.channels * k * k <= MAX_PATCHES and
+                      self.height * self.width * out_ch <= MAX_SAMPLE, where, "feature maps larger than a packed "
+                                                                              "model may claim")
             if pool:
                 self.height, self.width = self.height // pool, self.width // pool
             self.need(self.height >= 1 and self.width >= 1, where, "feature maps shrink to nothing")

@@ -11,6 +11,8 @@ sees the real inputs.  Weights are discrete (int8 states) unless ``weight_states
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -22,7 +24,7 @@ from ..discrete.activation import make_activation
 from ..discrete.layers import DiscreteConv2d, DiscreteLayer, DiscreteLinear
 from ..discrete.space import Space
 from ..errors import UserError
-from .grammar import parse_arch
+from .grammar import LayerSpec, parse_arch
 
 class Block(nn.Module):
     """weights -> [max-pool] -> BatchNorm -> [phi]; dense blocks flatten their input."""
@@ -44,21 +46,34 @@ class Block(nn.Module):
         return self.act(x) if self.act is not None else x
 
 
-def build_model(model: ModelConfig, quant: QuantConfig, in_shape: tuple[int, int, int], num_classes: int,
-                seed: int = 0) -> nn.Sequential:
-    """The network of ``model.arch`` with ``quant``'s spaces for inputs of ``in_shape`` (C, H, W);
-    initial weights drawn with ``seed``."""
-    arch, padding, weight_states, act_states = model.arch, model.padding, quant.weight_states, quant.act_states
+@dataclass
+class Layer:
+    """One block of a net as planned from its notation: its spec, what it takes in (channels
+    of a convolution, features of a dense layer) and what it puts out per sample."""
+
+    spec: LayerSpec
+    n_in: int
+    outputs: int
+
+    @property
+    def weights(self) -> int:
+        k = self.spec.kernel
+        return self.spec.units * self.n_in * (k * k if self.spec.kind == "conv" else 1)
+
+
+def plan(model: ModelConfig, in_shape: tuple[int, int, int], num_classes: int) -> list[Layer]:
+    """The layers of ``model.arch`` (widened by ``model.width``) on inputs of ``in_shape``
+    (C, H, W), with their sizes, before anything is allocated; a UserError says what does
+    not fit."""
+    arch, padding = model.arch, model.padding
     specs = parse_arch(arch)
     for spec in specs[:-1]:
         spec.units = max(1, round(spec.units * model.width))
     if specs[-1].units != num_classes:
         raise UserError(f"model.arch {arch!r} ends in {specs[-1].units} classes but the data has {num_classes}")
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # float layers' default init
     channels, height, width = in_shape
     features = None  # set once the first dense layer flattens
-    blocks = []
+    layers = []
     for spec in specs:
         if spec.kind == "conv":
             height, width = height + 2 * padding - spec.kernel + 1, width + 2 * padding - spec.kernel + 1
@@ -67,18 +82,73 @@ def build_model(model: ModelConfig, quant: QuantConfig, in_shape: tuple[int, int
             if height < 1 or width < 1:
                 raise UserError(f"model.arch {arch!r}: feature maps shrink to nothing on {in_shape[1]}x{in_shape[2]} "
                                 f"inputs (try model.padding=1 or a smaller kernel)")
-            weight = (DiscreteConv2d(channels, spec.units, spec.kernel, weight_states, padding=padding,
-                                     init_scale=model.init_scale, generator=generator)
-                      if weight_states else nn.Conv2d(channels, spec.units, spec.kernel, padding=padding, bias=False))
-            norm = nn.BatchNorm2d(spec.units, eps=model.bn_eps, momentum=model.bn_momentum)
+            layers.append(Layer(spec, channels, spec.units * height * width))
             channels = spec.units
         else:
-            n_in = features if features is not None else channels * height * width
+            layers.append(Layer(spec, features if features is not None else channels * height * width, spec.units))
+            features = spec.units
+    return layers
+
+
+#: Bytes a weight keeps between steps beside its int8 state, by DST rule (hysteresis adds
+#: one); float weights keep the weight, its gradient and Adam's two moments.
+RULE_BYTES = {"adam": 8, "sgd": 0, "rms": 0, "mom8": 1}
+FLOAT_WEIGHT_BYTES = 16
+
+
+def memory_needed(cfg: Config, layers: list[Layer], activations: bool = True) -> int:
+    """Bytes a run of these layers needs in this machine's memory, roughly: the weights and
+    their training state, plus (``activations``: training on the CPU) a batch's activations
+    kept for backward and their gradients (fp32, x3)."""
+    weights = sum(layer.weights for layer in layers)
+    if cfg.quant.weight_states:
+        per_weight = 1 + RULE_BYTES.get(cfg.dst.rule, 8) + (cfg.dst.transition == "hysteresis")
+    else:
+        per_weight = FLOAT_WEIGHT_BYTES
+    batch = cfg.trainer.batch_size * sum(layer.outputs for layer in layers) * 4 * 3 if activations else 0
+    return weights * per_weight + batch
+
+
+def check_fits(cfg: Config, in_shape, num_classes: int, on_cpu: bool) -> None:
+    """Refuse, before anything is allocated, a run this machine cannot hold (both figures)."""
+    need = memory_needed(cfg, plan(cfg.model, in_shape, num_classes), activations=on_cpu)
+    have = memory_available()
+    if have is not None and need > have:
+        raise UserError(f"model.arch {cfg.model.arch!r} at batch size {cfg.trainer.batch_size} needs about "
+                        f"{need / 2**30:,.1f} GiB to train here; this machine has {have / 2**30:,.1f} GiB available")
+
+
+def memory_available() -> Optional[int]:
+    """What this machine can still give (Linux: MemAvailable), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def build_model(model: ModelConfig, quant: QuantConfig, in_shape: tuple[int, int, int], num_classes: int,
+                seed: int = 0) -> nn.Sequential:
+    """The network of ``model.arch`` with ``quant``'s spaces for inputs of ``in_shape`` (C, H, W);
+    initial weights drawn with ``seed``."""
+    weight_states, act_states, padding = quant.weight_states, quant.act_states, model.padding
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # float layers' default init
+    blocks = []
+    for layer in plan(model, in_shape, num_classes):
+        spec, n_in = layer.spec, layer.n_in
+        if spec.kind == "conv":
+            weight = (DiscreteConv2d(n_in, spec.units, spec.kernel, weight_states, padding=padding,
+                                     init_scale=model.init_scale, generator=generator)
+                      if weight_states else nn.Conv2d(n_in, spec.units, spec.kernel, padding=padding, bias=False))
+            norm = nn.BatchNorm2d(spec.units, eps=model.bn_eps, momentum=model.bn_momentum)
+        else:
             scale = model.dense_init_scale if model.dense_init_scale is not None else model.init_scale
             weight = (DiscreteLinear(n_in, spec.units, weight_states, init_scale=scale, generator=generator)
                       if weight_states else nn.Linear(n_in, spec.units, bias=False))
             norm = nn.BatchNorm1d(spec.units, eps=model.bn_eps, momentum=model.bn_momentum)
-            features = spec.units
         if blocks and act_states and weight_states:
             weight.input_space = Space(act_states)  # it sees phi's outputs: keep them as int8 for backward
         act = None if spec.kind == "out" else make_activation(act_states, quant.window, quant.pulse,
@@ -125,13 +195,19 @@ def model_from_config(cfg: Config, in_shape, num_classes) -> nn.Sequential:
 
 def load_trained(payload: dict) -> tuple[Config, nn.Sequential]:
     """(cfg, model in eval mode) rebuilt from a checkpoint payload, checked in full: the config
-    validates, every tensor fits the model it describes and every state lies in its space.
-    Anything else is a CheckpointError (one line), raised before any run is touched."""
+    validates, the net it describes is no larger than the tensors the file holds (checked
+    before anything is built), every tensor fits, every value is finite, every state lies in
+    its space.  Anything else is a CheckpointError (one line), raised before any run is touched."""
     try:
         cfg = from_dict(payload["config"])
+        check_values(payload)
+        claimed = sum(layer.weights for layer in plan(cfg.model, tuple(payload["in_shape"]), payload["num_classes"]))
+        held = sum(t.numel() for t in payload["model"].values() if isinstance(t, torch.Tensor))
+        if claimed > held:
+            raise CheckpointError(f"its config describes {claimed:,} weights but it holds {held:,} values")
         model = model_from_config(cfg, tuple(payload["in_shape"]), payload["num_classes"])
         model.load_state_dict(payload["model"])
-    except (KeyError, TypeError, RuntimeError, UserError) as err:
+    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, UserError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint does not describe a gxnor model: {first}") from None
     for name, module in model.named_modules():
@@ -139,3 +215,18 @@ def load_trained(payload: dict) -> tuple[Config, nn.Sequential]:
             raise CheckpointError(f"checkpoint holds states outside the {module.space} space in layer {name}; "
                                   f"the file is damaged")
     return cfg, model.eval()
+
+
+def check_values(payload: dict) -> None:
+    """The numbers of a checkpoint, not only its names and shapes: a whole epoch >= 0, finite
+    float tensors, non-negative BatchNorm variances."""
+    epoch = payload.get("epoch", 0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"its epoch is {epoch!r}, not a whole number >= 0")
+    for name, tensor in payload["model"].items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{name} is a {type(tensor).__name__}, not a tensor")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{name} holds NaN or infinite values")
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise CheckpointError(f"{name} holds negative variances")

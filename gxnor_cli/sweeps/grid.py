@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import yaml
 
 from ..config import Config, ConfigError, compose, default_config_dir, parse_overrides
+from ..interrupt import check_stop
 
 
 @dataclass
@@ -60,19 +62,43 @@ def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
     return [o for o in base if key(o) not in replaced] + list(extra)
 
 
-def expand(overrides: list[str], config_dir: Optional[Path] = None) -> list[Point]:
-    """All points of the grid, each composed and validated (ConfigError names the bad point)."""
-    config_dir = Path(config_dir).resolve() if config_dir else default_config_dir()
-    parsed = parse_overrides(overrides, config_dir, allow_sweep=True)
+#: Points a grid may have unless ``sweep.max_points=N`` allows more (composing and checking
+#: a point takes a fraction of a second; a typo such as range(0,10000) should not).
+MAX_POINTS = 1000
+
+
+def axes_of(overrides: list[str], config_dir: Path) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """(the fixed overrides, each swept key's (key, value) pairs); an empty or repeating sweep
+    is refused."""
     fixed, axes = [], []
-    for text, override in zip(overrides, parsed):
-        if override.is_sweep_override():
-            key = override.key_or_group
-            axes.append([(key, value) for value in override.sweep_string_iterator()])
-        else:
+    for text, override in zip(overrides, parse_overrides(overrides, config_dir, allow_sweep=True)):
+        if not override.is_sweep_override():
             fixed.append(text)
+            continue
+        values = list(override.sweep_string_iterator())
+        if not values:
+            raise ConfigError(f"sweep {text!r} has no values")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"sweep {text!r} repeats a value; list each value once")
+        axes.append([(override.key_or_group, value) for value in values])
+    return fixed, axes
+
+
+def expand(overrides: list[str], config_dir: Optional[Path] = None, max_points: int = MAX_POINTS,
+           on_count: Callable[[int], None] = lambda n: None) -> list[Point]:
+    """All points of the grid, each composed and validated (ConfigError names the bad point).
+    ``on_count`` hears the number of points before any is composed; a grid of more than
+    ``max_points`` is refused; a stop request (Ctrl-C) ends the composing at once."""
+    config_dir = Path(config_dir).resolve() if config_dir else default_config_dir()
+    fixed, axes = axes_of(overrides, config_dir)
+    count = math.prod(len(axis) for axis in axes)
+    if count > max_points:
+        raise ConfigError(f"the grid has {count:,} points, more than sweep.max_points={max_points:,}; "
+                          f"add sweep.max_points={count} if you mean it")
+    on_count(count)
     points = []
     for combo in itertools.product(*axes):
+        check_stop()
         values = dict(combo)
         point = Point(fixed + [f"{k}={v}" for k, v in combo], values)
         try:
@@ -81,8 +107,6 @@ def expand(overrides: list[str], config_dir: Optional[Path] = None) -> list[Poin
             where = ", ".join(f"{k}={v}" for k, v in values.items())
             raise ConfigError(f"grid point {where}: {err}") from None
         points.append(point)
-    if len({p.key for p in points}) != len(points):
-        raise ConfigError("the grid repeats a point; list each value once")
     return points
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from ..config import ConfigError
 from ..data.sources import load_data
 from ..errors import UserError
-from ..models.nets import model_from_config
+from ..models.nets import check_fits, plan
 from ..tracking import client, views
 from ..tracking.client import check, child_runs, reap_stale, Run, save_view
 from ..tracking.store import Store
@@ -35,7 +35,7 @@ from .report import plot_heatmap, plot_tradeoff, write_csv
 
 def check_runnable(points: list[Point], check_device: bool = True) -> None:
     """Everything a trial needs that can be checked up front: data files, architecture, and the
-    device where trials run here (on a cluster each trial checks it where it runs)."""
+    device and memory where trials run here (on a cluster each trial checks them where it runs)."""
     seen = {}
     for p in points:
         c = p.cfg
@@ -46,7 +46,9 @@ def check_runnable(points: list[Point], check_device: bool = True) -> None:
             seen[key] = load_data(c.data, c.trainer.val_fraction)
         data = seen[key]
         try:
-            model_from_config(c, data.shape, data.num_classes)
+            plan(c.model, data.shape, data.num_classes)  # the architecture fits the data (nothing allocated)
+            if check_device:  # trials run here: this machine's memory is theirs (elsewhere, each checks)
+                check_fits(c, data.shape, data.num_classes, resolve_device(c.trainer.device).type == "cpu")
         except UserError as err:
             where = ", ".join(f"{k}={v}" for k, v in p.axes.items())
             raise UserError(f"grid point {where}: {err}") from None

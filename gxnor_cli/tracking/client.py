@@ -22,6 +22,7 @@ Faults:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -31,9 +32,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .. import __version__
+from ..checkpoint import atomic_write
 from ..errors import UserError
 from . import views
-from .store import Store, StoreError
+from .store import SQLITE, Store, StoreError
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 #: MLflow's HTTP client retries 7 times with exponential backoff (minutes of silence) by
@@ -42,6 +44,7 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI: a training experiment
 HEARTBEAT_S = 30.0
+RETRY_S = 10.0  # while the store is away, how often a run asks it again
 STALE_S = 300.0
 _checked: set[str] = set()
 
@@ -74,10 +77,27 @@ def check(store: Store) -> None:
         _probe(store)
     with store.first_use():
         try:
+            if store.sqlite_path is not None and not store.sqlite_path.exists():
+                _create(store)
             _client(store).search_experiments(max_results=1)
         except Exception as err:  # mlflow, sqlalchemy, requests and OS errors all land here
             raise StoreError(f"cannot use the tracking store {store.describe()}: {_first_line(err)}") from None
     _checked.add(store.uri)
+
+
+def _create(store: Store) -> None:
+    """Make a fresh sqlite store atomically: MLflow creates and migrates its tables in a file
+    beside it (seconds), which is renamed into place only once complete, so a process killed
+    meanwhile (kill -9) leaves no half-made store; its leftover is removed by the next one."""
+    path = store.sqlite_path
+    for leftover in path.parent.glob(f".{path.name}.new-*"):
+        leftover.unlink(missing_ok=True)
+    fresh = path.parent / f".{path.name}.new-{os.getpid()}"
+    try:
+        _client(Store(f"{SQLITE}{fresh}", store.out_dir)).search_experiments(max_results=1)
+        os.replace(fresh, path)  # (a connection MLflow keeps to the new file follows it: same inode)
+    finally:
+        fresh.unlink(missing_ok=True)
 
 
 def _probe(store: Store, timeout: float = 5.0) -> None:
@@ -153,8 +173,8 @@ class Run:
         check(store)
         self.store = store
         self.client = _client(store)
-        self.pending: list[Callable[[], None]] = []  # logging calls the store did not take yet
-        self.warn, self.warned = warn, False
+        self.pending: list[dict] = []  # logging operations the store did not take yet
+        self.warn, self.warned, self.failed_at = warn, False, 0.0
         if run_id is not None:
             self.run_id = run_id
             if not keep_status:  # it trains again: RUNNING, here, and no error of an earlier try
@@ -194,22 +214,44 @@ class Run:
 
         return halt
 
-    def _call(self, action: Callable[[], None]) -> None:
-        """Do ``action`` after whatever is still pending; on failure keep it for later."""
-        self.pending.append(action)
+    # -- logging: operations kept (in memory and in the run's pending.json) until the store takes them
+    def _call(self, op: dict) -> None:
+        """Send ``op`` after whatever is still pending; on failure keep it for later."""
+        self.pending.append(op)
+        self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        """Send what is pending, in order; True once nothing is left.  While the store is away
+        the rest is kept on disk too (:meth:`keep`), so that no kill loses it, and the store is
+        asked again at most every RETRY_S seconds (``force``: now)."""
+        if self.pending and not force and time.time() - self.failed_at < RETRY_S:
+            self.keep()
+            return False
         while self.pending:
             try:
-                self.pending[0]()
+                apply(self.client, self.run_id, self.pending[0])
             except Exception as err:  # the store went away: training goes on
                 if not self.warned:
                     self.warn(f"gxnor: tracking store {self.store.describe()} not answering ({_first_line(err)}); "
                               f"training goes on, logging calls are kept for later")
                     self.warned = True
-                return
+                self.failed_at = time.time()
+                self.keep()
+                return False
             self.pending.pop(0)
         if self.warned:
             self.warn(f"gxnor: tracking store {self.store.describe()} answers again; everything kept was logged")
             self.warned = False
+            pending_file(self.store, self.run_id).unlink(missing_ok=True)
+        return True
+
+    def keep(self) -> Path:
+        """Write what is pending to the run's pending.json (atomically), for ``gxnor sync``."""
+        path = pending_file(self.store, self.run_id)
+        record = {"format": PENDING_FORMAT, "tracking_uri": self.store.uri, "run_id": self.run_id, "ops": self.pending}
+        text = json.dumps(record).encode()
+        atomic_write(path, lambda handle: handle.write(text))
+        return path
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -219,27 +261,18 @@ class Run:
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+        now = int(time.time() * 1000)  # kept with each value: a resent value is the same value, not a new one
+        items = [[k, float(v), now, step] for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(items), 500):
-            self._call(lambda part=items[i:i + 500]: self.client.log_batch(self.run_id, metrics=part))
+            self._call({"op": "metrics", "metrics": items[i:i + 500]})
 
     def log_input(self, name: str, digest: str, source: str, context: str) -> None:
         """Record a dataset this run used (MLflow's Dataset column)."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
-        tag = InputTag(key="mlflow.data.context", value=context)
-        self._call(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset, [tag])]))
+        self._call({"op": "input", "name": name, "digest": digest, "source": source, "context": context})
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        self._call(lambda: self.client.log_batch(self.run_id, tags=items))
+        self._call({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def clear_tag(self, key: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -250,25 +283,21 @@ class Run:
             pass
 
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
-        self._call(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        self._call({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._call(lambda: self.client.log_text(self.run_id, text, artifact_file))
+        self._call({"op": "text", "text": text, "file": artifact_file})
 
     def end(self, status: str = "FINISHED") -> bool:
-        """Mark the run ended (after what is pending); False, with one line, if the store is away."""
+        """Mark the run ended (after what is pending); False, with one line, if the store is away:
+        then all that is left waits in the run's pending.json for ``gxnor sync``."""
         assert status in STATUSES
-        def terminate() -> None:
-            with contextlib.redirect_stdout(sys.stderr):  # MLflow prints "View run ... at" links
-                self.client.set_terminated(self.run_id, status=status)
-
-        self._call(terminate)
-        if self.pending:
+        self.pending.append({"op": "end", "status": status})
+        if not self.flush(force=True):
             self.warn(f"gxnor: could not mark run {self.run_id} {status}: the tracking store is not answering; "
-                      f"it stays RUNNING there until gxnor sees it again")
+                      f"what it did not take is kept in {pending_file(self.store, self.run_id)}")
             return False
         return True
-
 
     def end_if_running(self, status: str, message: str) -> None:
         """End the run as ``status`` unless something already ended it (the launcher's last word)."""
@@ -279,6 +308,59 @@ class Run:
             pass
         self.set_tags({"gxnor.error": message})
         self.end(status)
+
+
+PENDING_FORMAT = "gxnor-pending/1"
+
+
+def pending_file(store: Store, run_id: str) -> Path:
+    """Where a run keeps the logging calls its store did not take: beside its checkpoints."""
+    return store.checkpoint_dir(run_id) / "pending.json"
+
+
+def apply(client, run_id: str, op: dict) -> None:
+    """Send one kept logging operation (each is idempotent: a metric keeps its timestamp)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
+
+    kind = op["op"]
+    if kind == "metrics":
+        client.log_batch(run_id, metrics=[Metric(k, float(v), int(t), int(step)) for k, v, t, step in op["metrics"]])
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in op["tags"].items()])
+    elif kind == "input":
+        dataset = Dataset(name=op["name"], digest=op["digest"], source_type="local", source=op["source"])
+        client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(key="mlflow.data.context", value=op["context"])])])
+    elif kind == "artifact":
+        client.log_artifact(run_id, op["path"], op["artifact_path"])
+    elif kind == "text":
+        client.log_text(run_id, op["text"], op["file"])
+    elif kind == "end":
+        with contextlib.redirect_stdout(sys.stderr):  # MLflow prints "View run ... at" links
+            client.set_terminated(run_id, status=op["status"])
+    else:
+        raise ValueError(f"unknown operation {kind!r}")
+
+
+def sync(path: Path, out_dir: Path) -> tuple[int, int]:
+    """Send the operations a run kept in ``path`` (its pending.json) to the store it was meant
+    for; returns (sent, left).  Each one sent leaves the file at once, so that a second sync
+    sends nothing twice; the file goes once it is empty.  UserError for a file that is not one."""
+    try:
+        record = json.loads(Path(path).read_text())
+        ops, uri, run_id = record["ops"], record["tracking_uri"], record["run_id"]
+        assert record["format"] == PENDING_FORMAT and isinstance(ops, list)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise UserError(f"{path} is not a pending-calls file of gxnor") from None
+    store = Store(uri, Path(out_dir))
+    run = Run(store, "", run_id=run_id, keep_status=True, warn=lambda line: None)
+    run.pending = list(ops)
+    run.flush(force=True)
+    sent = len(ops) - len(run.pending)
+    if run.pending:
+        atomic_write(Path(path), lambda h: h.write(json.dumps({**record, "ops": run.pending}).encode()))
+    else:
+        Path(path).unlink(missing_ok=True)
+    return sent, len(run.pending)
 
 
 class NoRun:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from ..errors import UserError
 from . import client
@@ -51,3 +52,22 @@ def locate_model(ref: str, store: Store, exported: bool = False) -> Path:
             raise UserError(f"no exported model at {ref}")
         return Path(ref).expanduser()
     return locate_checkpoint(store, ref, "best.pt")
+
+
+def pending_files(target: Optional[str], out_dir: Path) -> list[Path]:
+    """The pending.json files ``gxnor sync`` sends: every one under ``out_dir`` (no target), or
+    the one of a file, a run directory, or a run id (or unique prefix) under ``out_dir``."""
+    checkpoints = Path(out_dir) / "checkpoints"
+    if target is None:
+        return sorted(checkpoints.glob("*/pending.json"))
+    path = Path(target).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return [path / "pending.json"] if (path / "pending.json").is_file() else []
+    found = sorted(checkpoints.glob(f"{target}*/pending.json")) if target.isalnum() else []
+    if len(found) > 1:
+        raise UserError(f"run id prefix {target!r} is ambiguous: {', '.join(f.parent.name[:12] for f in found)}")
+    if not found and not (checkpoints / target).is_dir() and not any(checkpoints.glob(f"{target}*")):
+        raise UserError(f"no run {target!r} under {checkpoints}")
+    return found

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -104,3 +105,14 @@ class Store:
     # -- the checkpoint side --------------------------------------------------------------
     def checkpoint_dir(self, run_id: str) -> Path:
         return self.out_dir / "checkpoints" / run_id
+
+    def check_writable(self) -> None:
+        """StoreError (one line) unless checkpoints can be written under the runs directory:
+        said before a run is created, not after its first epoch."""
+        folder = self.out_dir / "checkpoints"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise StoreError(f"cannot write checkpoints under {folder}: {err.strerror or err}") from None

@@ -233,9 +233,9 @@ class Trainer:
                 self.best_val = metrics["val_acc"]
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 if self.main:
-                    checkpoint.save(self.run_dir / "best.pt", self.model_payload(self.best_state))
+                    self.save("best.pt", self.model_payload(self.best_state))
             if self.main:
-                checkpoint.save(self.run_dir / "last.pt", self.state())
+                self.save("last.pt", self.state())
             if on_epoch is not None:
                 on_epoch(metrics)
         return self.finish()
@@ -256,6 +256,15 @@ class Trainer:
         return (x for x, _ in batches(self.val_split, batch_size, self.data.max_value))
 
     # -- checkpoints ------------------------------------------------------------
+    def save(self, name: str, payload: dict) -> None:
+        """Write a checkpoint atomically; a disk that is full or refuses the file ends the run
+        (RunFailed, one line) and leaves the checkpoint before it as it was."""
+        try:
+            checkpoint.save(self.run_dir / name, payload)
+        except OSError as err:
+            raise RunFailed(f"cannot write the checkpoint {self.run_dir / name} at epoch {self.epoch}: "
+                            f"{err.strerror or err}; the one before it is kept") from None
+
     def model_payload(self, state: dict) -> dict:
         return {**self.meta, "config": self.cfg.to_dict(), "model": state, "num_classes": self.data.num_classes,
                 "in_shape": list(self.data.shape), "max_value": self.data.max_value, "epoch": self.epoch,

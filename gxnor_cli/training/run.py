@@ -29,14 +29,14 @@ from ..data.splits import Dataset
 from ..deploy import packed
 from ..deploy.fold import export_run
 from ..discrete.layers import DiscreteLayer
-from ..errors import UserError
+from ..errors import RunFailed, UserError
 from ..models.measure import state_histograms
-from ..models.nets import load_trained, model_from_config, start_from
-from ..tracking.client import check, NoRun, reap_stale, Run
+from ..models.nets import check_fits, load_trained, model_from_config, start_from
+from ..tracking.client import check, NoRun, pending_file, reap_stale, Run
 from ..tracking.locate import locate_checkpoint
 from ..tracking.store import Store
 from ..tracking.report import plot_curves, plot_histograms
-from .group import check_world, join, synchronise_norm
+from .group import check_world, join, resolve_device, synchronise_norm
 from .loop import Trainer
 
 #: Keys that may change when a run is resumed (the rest must stay as the run started).
@@ -72,6 +72,9 @@ def load_resume(cfg: Config, overrides: list[str]) -> tuple[Config, dict, Store]
     if "optimizer" not in payload or "run_id" not in payload:
         raise UserError(f"{cfg.trainer.resume} is a model checkpoint, not a resumable last.pt")
     load_trained(payload)
+    if not isinstance(payload.get("history"), list) or len(payload["history"]) != payload["epoch"]:
+        raise CheckpointError(f"{cfg.trainer.resume}: its epoch ({payload.get('epoch')!r}) does not match its history "
+                              f"of {len(payload.get('history') or [])} epochs; the file is damaged")
     given = {o.split("=", 1)[0] for o in overrides}
     store = Store.of_payload(payload, store) if not given & {"tracking.uri", "trainer.out_dir"} else store
     return resume_config(payload, cfg, overrides), payload, store
@@ -83,6 +86,7 @@ def prepare(cfg: Config) -> tuple[Dataset, torch.nn.Module]:
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     data = load_data(cfg.data, cfg.trainer.val_fraction, cfg.trainer.seed)
+    check_fits(cfg, data.shape, data.num_classes, on_cpu=resolve_device(cfg.trainer.device).type == "cpu")
     model = model_from_config(cfg, data.shape, data.num_classes)
     if cfg.model.init_from and not cfg.trainer.resume:
         start_from(model, trained_net(cfg, "model.init_from", cfg.model.init_from, data))
@@ -183,6 +187,8 @@ def train_run(start: Start, hooks: Hooks = Hooks(), parent_id: Optional[str] = N
     trainer = Trainer(cfg, synchronise_norm(model, group, cfg), data, group, teacher_of(cfg, data))
     if payload is not None:  # restored before the run is touched: a bad file changes nothing
         restore(trainer, payload, cfg.trainer.resume)
+    if group.main:
+        store.check_writable()
     run = open_run(cfg, store, data, start.overrides, payload, run_id, parent_id, tags) if group.main else NoRun()
     run.run_id = group.broadcast(run.run_id)
     trainer.attach(store.checkpoint_dir(run.run_id), run_id=run.run_id, tracking_uri=store.uri,
@@ -190,6 +196,10 @@ def train_run(start: Start, hooks: Hooks = Hooks(), parent_id: Optional[str] = N
     if group.main:
         hooks.on_start(run.run_id, cfg)
     result = fit_logged(run, trainer, hooks)
+    if run.pending:  # trained, but the store never came back: nothing is lost, and the user is told
+        raise RunFailed(f"run {run.run_id} trained, but the tracking store {store.describe()} did not come back: "
+                        f"{len(run.pending)} logging calls are kept in {pending_file(store, run.run_id)}; "
+                        f"send them with: gxnor sync")
     return {"run_id": run.run_id, "tracking_uri": store.uri, "checkpoint": str(trainer.run_dir / "best.pt"),
             "device": str(group.device), "devices": group.world, "rank": group.rank, **result}
 
