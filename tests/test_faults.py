@@ -98,6 +98,7 @@ def sweep_args(epochs: int) -> list[str]:
     return ["sweep", "quant.window=0.3,0.5,0.7", *SLOW, f"trainer.epochs={epochs}", "--jobs", "2"]
 
 
+@pytest.mark.slow  # 30-45 s: CI runs it with -m slow
 def test_killed_sweep_takes_its_workers_along_and_a_rerun_continues_the_same_children(tmp_path, mlflow_template):
     runs = store_copy(mlflow_template, tmp_path)
     proc = gxnor(tmp_path, *sweep_args(100))
@@ -123,6 +124,7 @@ def test_killed_sweep_takes_its_workers_along_and_a_rerun_continues_the_same_chi
     assert interrupted <= {r.info.run_id for r in children}
 
 
+@pytest.mark.slow  # 30-45 s: CI runs it with -m slow
 def test_a_worker_killed_by_the_oom_killer_is_a_failed_trial_and_the_sweep_goes_on(tmp_path, mlflow_template):
     runs = store_copy(mlflow_template, tmp_path)
     proc = gxnor(tmp_path, *sweep_args(60))

@@ -56,6 +56,7 @@ def test_a_grid_runs_to_finished_children_and_a_failed_or_killed_trial_does_not_
     assert not any(k.startswith("launcher") for k in kids["cpu", "0.01"].data.params)
 
 
+@pytest.mark.slow  # 15 s each: CI runs it with -m slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_the_launcher_is_no_part_of_a_sweeps_identity(launcher, cli, runs_dir):
     code, _, err = cli("sweep", "quant.window=0.3,0.6", *TINY, "--launcher", launcher, *SETTINGS[launcher])
@@ -66,6 +67,7 @@ def test_the_launcher_is_no_part_of_a_sweeps_identity(launcher, cli, runs_dir):
     assert len(parents(runs_dir)) == 1 and len(children(runs_dir)) == 2
 
 
+@pytest.mark.slow  # 20 s: CI runs it with -m slow
 @pytest.mark.skipif(__import__("importlib").util.find_spec("submitit") is None, reason="needs gxnor[slurm]")
 def test_a_rerun_after_the_submitting_process_died_waits_for_its_trials(tmp_path, mlflow_template):
     runs = store_copy(mlflow_template, tmp_path)
