@@ -29,6 +29,7 @@ from ..tracking.store import Store
 from ..training.group import resolve_device
 from ..interrupt import check_stop
 from .grid import Point, sweep_id
+from .trial import carry_on
 from .launchers.base import Lost
 from .report import plot_heatmap, plot_tradeoff, write_csv
 
@@ -82,13 +83,6 @@ def find_parent(store: Store, experiment: str, sid: str, points: list[Point], ov
             carry_on(store, p, child["run_id"])
         adopted.add(p.key)
     return parent
-
-
-def carry_on(store: Store, point: Point, run_id: str) -> None:
-    """A point whose child ended KILLED or FAILED trains on in that same child: from its
-    last.pt when it has one, else from the start (one child per point, whatever happened)."""
-    point.status, point.run_id = "PENDING", run_id
-    point.resume = run_id if (store.checkpoint_dir(run_id) / "last.pt").is_file() else None
 
 
 def await_elsewhere(store: Store, experiment: str, points: list[Point], update, poll_s: float = 2.0) -> None:

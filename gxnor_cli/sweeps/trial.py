@@ -6,11 +6,14 @@ metrics, or the error, and every launcher copies that onto the point (:func:`rec
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
 import traceback
 from typing import Callable, Optional
 
 from ..config import Config, flatten
-from ..tracking.client import Run
+from ..tracking.client import child_runs, Run, stale_reason
 from ..tracking.report import fmt
 from ..tracking.store import Store
 from ..training.launch import train
@@ -44,11 +47,53 @@ def trial_config(point: Point, threads: Optional[int] = None) -> Config:
     return cfg.replace(**changes) if changes else cfg
 
 
+def carry_on(store: Store, point: Point, run_id: str) -> None:
+    """A point whose child ended KILLED or FAILED trains on in that same child: from its
+    last.pt when it has one, else from the start (one child per point, whatever happened)."""
+    point.status, point.run_id = "PENDING", run_id
+    point.resume = run_id if (store.checkpoint_dir(run_id) / "last.pt").is_file() else None
+
+
+def job_id() -> Optional[str]:
+    """The scheduler's name for this trial, the same when it starts again: the SLURM array task
+    (or job) a requeue restarts, or the Ray task a retry restarts; None elsewhere."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"slurm:{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    if os.environ.get("SLURM_JOB_ID"):
+        return f"slurm:{os.environ['SLURM_JOB_ID']}"
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        task = ray.get_runtime_context().get_task_id()
+        return f"ray:{task}" if task else None
+    return None
+
+
+def adopt(point: Point, parent_id: str) -> Point:
+    """The point as this trial trains it.  A trial that starts again (a Ray retry after a lost
+    node, a SLURM requeue) finds its point's own child and carries on in it, from its last.pt:
+    the newest child of the point that did not finish and is not alive elsewhere (ended, dead,
+    or started by this very scheduler job)."""
+    if point.run_id:  # the sweep already chose the child
+        return point
+    store, me = Store.of_config(point.cfg), job_id()
+    for child in child_runs(store, parent_id, point.cfg.tracking.experiment):  # newest first
+        if child["tags"].get("gxnor.point") != point.key or child["status"] == "FINISHED":
+            continue
+        alive = child["status"] == "RUNNING" and stale_reason(child["tags"]) is None
+        if alive and (me is None or child["tags"].get("gxnor.job") != me):
+            continue
+        mine = dataclasses.replace(point)
+        carry_on(store, mine, child["run_id"])
+        return mine
+    return point
+
+
 def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
               on_start: Optional[Callable[[str], None]] = None,
               on_progress: Optional[Callable[[str], None]] = None) -> dict:
     """Train one point as a child run; returns {"status", "run_id", metrics..., "error"}.
     ``on_progress`` gets one short line per epoch."""
+    point = adopt(point, parent_id)
     cfg, overrides = trial_config(point, threads), list(point.overrides)
     if point.resume:
         overrides.append(f"trainer.resume={point.resume}")
@@ -65,7 +110,8 @@ def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
 
     try:
         result = train(cfg, overrides, Hooks(on_start=begin, on_epoch=epoch_done), parent_id=parent_id,
-                       tags={"gxnor.command": "sweep", "gxnor.point": point.key},
+                       tags={"gxnor.command": "sweep", "gxnor.point": point.key,
+                             **({"gxnor.job": job} if (job := job_id()) else {})},
                        run_id=None if point.resume else point.run_id)
         return {"status": "FINISHED", **result}
     except KeyboardInterrupt:

@@ -37,6 +37,11 @@ from ..errors import UserError
 from . import views
 from .store import SQLITE, Store, StoreError
 
+#: gxnor runs where nothing may phone home (compute nodes without internet, where MLflow's
+#: telemetry thread races the run): telemetry is off in every process that loads this module
+#: (trials, workers and ranks too) unless the user set it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 #: MLflow's HTTP client retries 7 times with exponential backoff (minutes of silence) by
 #: default; gxnor asks for a short wait unless the user set these.

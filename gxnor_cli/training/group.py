@@ -37,6 +37,7 @@ import dataclasses
 import datetime
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -178,6 +179,9 @@ class Ranks(Solo):
         if len({int(v) for v in every}) > 1:
             raise DivergenceError(f"the ranks' discrete states differ after epoch {epoch} "
                                   f"(digests {', '.join(f'{int(v):x}' for v in every)}); the run cannot go on")
+        if self.main:
+            print(f"ranks agree: the states of all {self.world} ranks are identical after epoch {epoch} "
+                  f"(digest {int(mine):014x})", file=sys.stderr, flush=True)
 
 
 Group = Solo  # the type every group has: Solo, or Ranks
@@ -189,6 +193,12 @@ def synchronise_norm(model: nn.Module, group: Group, cfg: Config) -> nn.Module:
     if group.world == 1 or not cfg.trainer.sync_bn or group.device.type != "cuda":
         return model
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def host_threads() -> int:
+    """A rank's share of this host's cores: torchrun starts LOCAL_WORLD_SIZE ranks per host,
+    and each would take every core (epochs tens of times slower) unless told."""
+    return max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def in_group_env() -> bool:

@@ -36,7 +36,7 @@ from ..tracking.client import check, NoRun, pending_file, reap_stale, Run
 from ..tracking.locate import locate_checkpoint
 from ..tracking.store import Store
 from ..tracking.report import plot_curves, plot_histograms
-from .group import check_world, join, resolve_device, synchronise_norm
+from .group import check_world, host_threads, join, resolve_device, synchronise_norm
 from .loop import Trainer
 
 #: Keys that may change when a run is resumed (the rest must stay as the run started).
@@ -183,6 +183,8 @@ def train_run(start: Start, hooks: Hooks = Hooks(), parent_id: Optional[str] = N
     wrong is checked before the run is created or touched."""
     group = join(start.cfg.trainer.device)
     cfg, payload, store = check_world(start.cfg, start.payload, group.world), start.payload, start.store
+    if group.world > 1 and not cfg.trainer.threads:  # ranks share the host's cores (logged: what ran)
+        cfg = cfg.replace(**{"trainer.threads": host_threads()})
     data, model = prepare(cfg)
     trainer = Trainer(cfg, synchronise_norm(model, group, cfg), data, group, teacher_of(cfg, data))
     if payload is not None:  # restored before the run is touched: a bad file changes nothing

@@ -1,8 +1,10 @@
 """Ray: a trial per Ray task, on a running cluster (``launcher.address``) or a local one.
 
-Each task asks for ``num_cpus`` and ``num_gpus``; Ray places it.  Tasks are not retried
-(``max_retries=0``): a worker that dies is a FAILED trial, reported as such, and a rerun of
-the sweep retries it.  Ctrl-C cancels the tasks (each ends its run KILLED) and shuts down
+Each task asks for ``num_cpus`` and ``num_gpus``; Ray places it.  A task lost with its worker
+or node is retried by Ray (``launcher.max_retries`` times, default 3); the retried trial finds
+its point's own child and resumes it from its last.pt (gxnor_cli.sweeps.trial.adopt), so the
+point still ends as one child with one continuous history.  A trial out of retries is FAILED,
+and a rerun of the sweep carries it on the same way.  Ctrl-C cancels the tasks (each ends its run KILLED) and shuts down
 a local cluster that gxnor started.  The device is checked where each trial runs.
 """
 
@@ -34,11 +36,13 @@ class RayLauncher:
         num_cpus: float = 1  # per trial (also its torch threads)
         num_gpus: float = 0  # per trial
         local_cpus: Optional[int] = None  # CPUs of a local cluster (null: all)
+        max_retries: int = 3  # times Ray runs a trial again whose worker or node was lost
         poll_s: float = 1.0
 
         def __post_init__(self):
-            if self.num_cpus <= 0 or self.num_gpus < 0 or self.poll_s <= 0:
-                raise ValueError("launcher.num_cpus and launcher.poll_s must be > 0, launcher.num_gpus >= 0")
+            if self.num_cpus <= 0 or self.num_gpus < 0 or self.poll_s <= 0 or self.max_retries < 0:
+                raise ValueError("launcher.num_cpus and launcher.poll_s must be > 0, launcher.num_gpus and "
+                                 "launcher.max_retries >= 0")
 
     def __init__(self, name: str, jobs: int, settings: Settings):
         self.name, self.settings = name, settings
@@ -57,7 +61,7 @@ class RayLauncher:
         if started_here:
             kw = {"address": s.address} if s.address else {"num_cpus": s.local_cpus, "include_dashboard": False}
             ray.init(log_to_driver=False, configure_logging=False, **kw)
-        task = ray.remote(num_cpus=s.num_cpus, num_gpus=s.num_gpus, max_retries=0)(_trial)
+        task = ray.remote(num_cpus=s.num_cpus, num_gpus=s.num_gpus, max_retries=s.max_retries)(_trial)
         threads = max(1, int(s.num_cpus))
         refs = {task.remote(p, parent_id, threads): p for p in pending}
         for point in pending:

@@ -29,6 +29,11 @@ from ..trial import record, run_trial, short_error
 from .base import LAUNCHERS, Lost, Update, require
 
 
+#: Minutes a SLURM trial needs at least: submitit signals a timeout about a minute before the
+#: limit, and starting Python, torch and the data takes a good part of another.
+MIN_TIMEOUT = 3
+
+
 class Trial:
     """One point, run inside a job; requeued as a resume of its own run when preempted
     (submitit calls ``checkpoint`` on any submitted callable that has one)."""
@@ -79,6 +84,9 @@ class SubmititLauncher:
             for name in ("cpus_per_task", "timeout_min", "array_parallelism"):
                 if getattr(self, name) < 1:
                     raise ValueError(f"launcher.{name} must be >= 1")
+            if self.timeout_min < MIN_TIMEOUT:
+                raise ValueError(f"launcher.timeout_min={self.timeout_min} leaves a trial no time to start "
+                                 f"(submitit signals {MIN_TIMEOUT - 1} min before the end); give >= {MIN_TIMEOUT}")
             if self.poll_s <= 0 or (self.mem_gb is not None and self.mem_gb <= 0):
                 raise ValueError("launcher.poll_s and launcher.mem_gb must be > 0")
 
