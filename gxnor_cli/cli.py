@@ -276,7 +276,11 @@ def sweep(
         overrides = merge_overrides(load_grid(grid, (config_dir or default_config_dir()).resolve()), overrides)
     if not overrides:
         fail("nothing to sweep: give overrides such as quant.window=0.3,0.5 or --grid NAME")
-    count = lambda n: print(f"sweep: {n:,} points", file=sys.stderr, flush=True)
+    def count(n: int) -> None:  # composing a point takes a fraction of a second: say so when it adds up
+        if n >= 20:
+            print(f"sweep: {n:,} points (each composed and checked before the first trains)", file=sys.stderr,
+                  flush=True)
+
     points = expand(overrides, config_dir, max_points(limits), count)  # all checked before torch loads
     from .sweeps.launchers import make_launcher
     from .sweeps.report import results_rows
@@ -290,9 +294,10 @@ def sweep(
         stop()
     columns, rows = results_rows(points, short=True)
     table(f"sweep {parent_id} ({status}); * = Pareto front of accuracy vs resting probability", columns, rows, out)
-    failed = [p for p in points if p.status == "FAILED"]
+    failed = [p for p in points if p.status in ("FAILED", "KILLED")]
     for p in failed:
-        print(f"gxnor: trial {p.key} failed: {p.error}", file=sys.stderr)
+        print(f"gxnor: trial {p.key} {'failed' if p.status == 'FAILED' else 'was stopped'}: {p.error}",
+              file=sys.stderr)
     if failed:
         raise typer.Exit(1)
 

@@ -285,6 +285,8 @@ def test_a_big_grid_is_counted_at_once_and_allowed_on_request(cli, runs_dir, mon
     monkeypatch.setattr(sweep, "execute", lambda points, *a, **k: (points, "p", "FINISHED"))  # count, compose only
     code, _, err = cli("sweep", "trainer.seed=range(0,1200)", "sweep.max_points=1200", *TINY)
     assert code == 0 and err.startswith("sweep: 1,200 points"), err
+    code, _, err = cli("sweep", "trainer.seed=range(0,3)", *TINY)
+    assert code == 0 and "points" not in err  # a small grid composes in an instant: nothing to say
 
 
 def test_a_runs_directory_that_cannot_be_written_is_said_before_the_run(cli, tmp_path, monkeypatch):

@@ -93,7 +93,8 @@ def test_cli_init_from_and_teacher_name_a_run(runs_dir, cli):
     code, _, err = cli("train", *TINY, "quant=float")
     assert code == 0, err
     teacher_id = runs_in_store(runs_dir)[0].info.run_id
-    code, _, err = cli("train", *TINY, f"model.init_from={teacher_id[:8]}", f"trainer.teacher={teacher_id[:8]}")
+    prefix = f"'{teacher_id[:8]}'"  # quoted: a prefix such as 8e999999 would read as a number
+    code, _, err = cli("train", *TINY, f"model.init_from={prefix}", f"trainer.teacher={prefix}")
     assert code == 0, err
     student = next(r for r in runs_in_store(runs_dir) if r.info.run_id != teacher_id)
     assert student.data.params["trainer.teacher"] == teacher_id[:8]

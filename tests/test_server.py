@@ -185,6 +185,7 @@ def test_a_server_gone_for_good_keeps_everything_on_disk_and_gxnor_sync_sends_it
     args = ["train", "model.arch=8C3-MP2-32FC-10", "data.limit=300", "trainer.batch_size=25", "trainer.threads=1",
             "trainer.epochs=8", f"tracking.uri={server.uri}"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["GXNOR_STORE_WAIT_S"] = "5"  # how long the ended run waits for the store before keeping the rest
     proc = subprocess.Popen([sys.executable, "-m", "gxnor_cli", *args], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     lines = []

@@ -162,7 +162,7 @@ def execute(points: list[Point], overrides: list[str], launcher,
 def log_results(parent: Run, points: list[Point], results: Path) -> str:
     """Counts, failures, CSV and plots on the parent, which ends FINISHED or FAILED (returned).
     The files are kept under ``results`` too: logged late if the store is away."""
-    failed = [p for p in points if p.status == "FAILED"]
+    failed = [p for p in points if p.status in ("FAILED", "KILLED")]  # the trials that did not finish
     for p in points:  # skipped points count as finished from here on
         if p.status == "SKIPPED":
             p.status = "FINISHED"

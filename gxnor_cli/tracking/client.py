@@ -50,6 +50,9 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI: a training experiment
 HEARTBEAT_S = 30.0
 RETRY_S = 10.0  # while the store is away, how often a run asks it again
+#: How long a run that has ended waits for a store that went away (a server restarting) before
+#: it keeps the rest on disk for gxnor sync; GXNOR_STORE_WAIT_S sets it.
+END_WAIT_S = float(os.environ.get("GXNOR_STORE_WAIT_S", "60"))
 STALE_S = 300.0
 _checked: set[str] = set()
 
@@ -186,6 +189,7 @@ class Run:
                 self.client.update_run(run_id, status="RUNNING")
                 self.set_tags(owner_tags())
                 self.clear_tag("gxnor.error")
+                self.clear_tag("gxnor.waiting")
             return
         all_tags = {"gxnor.version": __version__, "gxnor.git_sha": git_sha(), **owner_tags(), **(tags or {})}
         if parent_id:
@@ -298,7 +302,10 @@ class Run:
         then all that is left waits in the run's pending.json for ``gxnor sync``."""
         assert status in STATUSES
         self.pending.append({"op": "end", "status": status})
-        if not self.flush(force=True):
+        deadline = time.time() + (END_WAIT_S if self.warned else 0)
+        while not self.flush(force=True) and time.time() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.time())))
+        if self.pending:
             self.warn(f"gxnor: could not mark run {self.run_id} {status}: the tracking store is not answering; "
                       f"what it did not take is kept in {pending_file(self.store, self.run_id)}")
             return False

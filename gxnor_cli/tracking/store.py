@@ -110,6 +110,8 @@ class Store:
         """StoreError (one line) unless checkpoints can be written under the runs directory:
         said before a run is created, not after its first epoch."""
         folder = self.out_dir / "checkpoints"
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise StoreError(f"the runs directory {self.out_dir} is a file; remove it or set trainer.out_dir")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):

@@ -227,6 +227,11 @@ def fit_logged(run: Run, trainer: Trainer, hooks: Hooks) -> dict:
         stop_heartbeat()
         run.end("KILLED")
         raise
+    except SystemExit:  # its scheduler stops it to requeue it (submitit, on preemption or timeout)
+        stop_heartbeat()
+        run.set_tags({"gxnor.waiting": "stopped by its scheduler to be requeued: it resumes from last.pt"})
+        run.end("KILLED")
+        raise
     except BaseException as err:
         stop_heartbeat()
         run.set_tags({"gxnor.error": f"{type(err).__name__}: {err}"[:5000]})

@@ -17,6 +17,7 @@ each trial checks ``trainer.device`` where it runs, and fails alone if there is 
 
 from __future__ import annotations
 
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,10 +97,16 @@ class SubmititLauncher:
 
     def require(self) -> None:
         require("submitit", "slurm", self.name)
+        if self.cluster == "slurm":
+            check_request(self.settings, partitions())
 
     def executor(self, out_dir: Path):
+        import logging
+
         import submitit
 
+        # without accounting submitit warns at every poll that sacct fails; gxnor follows squeue then
+        logging.getLogger("submitit").setLevel(logging.ERROR)
         s = self.settings
         folder = Path(s.folder) if s.folder else out_dir / "submitit"
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster, slurm_max_num_timeout=s.max_requeues)
@@ -132,14 +139,18 @@ class SubmititLauncher:
             point.status, point.progress = "SUBMITTED", f"job {job.job_id}"
         update(points)
         waiting = dict(zip(jobs, pending))
+        gone: dict[str, float] = {}  # job id -> when it was first missed in the queue
         try:
             while waiting:
                 if stop_requested():
                     raise KeyboardInterrupt
+                queue = queue_states() if self.cluster == "slurm" else None
                 for job, point in list(waiting.items()):
                     if job.done():
                         del waiting[job]
                         self._collect(job, point, on_lost)
+                    elif queue is not None and self._left_queue(job, point, queue, gone, on_lost):
+                        del waiting[job]
                     elif point.status == "SUBMITTED" and job.state not in ("PENDING", "REQUEUED", "UNKNOWN"):
                         point.status = "RUNNING"
                 update(points)
@@ -153,6 +164,24 @@ class SubmititLauncher:
             update(points)
             raise
 
+    def _left_queue(self, job, point: Point, queue: dict, gone: dict, on_lost: Lost) -> bool:
+        """Follow a job through squeue (which works without accounting): show a pending job's
+        reason; a job that left the queue without a result for LOST_S seconds was cancelled
+        (scancel, an admin) or lost: its trial ends KILLED, saying so.  True for such a job."""
+        if job.job_id in queue:
+            state, reason = queue[job.job_id]
+            gone.pop(job.job_id, None)
+            if state == "PENDING":
+                point.status, point.progress = "SUBMITTED", f"job {job.job_id} pending ({reason})"
+            return False
+        first = gone.setdefault(job.job_id, time.time())
+        if time.time() - first < LOST_S:  # a job that just ended writes its result first
+            return False
+        state = job.state if job.state not in ("UNKNOWN", "") else "no longer in the queue"
+        point.status, point.error = "KILLED", f"cancelled by the scheduler: job {job.job_id} {state}, no result"
+        on_lost(point, "KILLED", point.error)
+        return True
+
     @staticmethod
     def _collect(job, point: Point, on_lost: Lost) -> None:
         try:
@@ -160,3 +189,74 @@ class SubmititLauncher:
         except Exception as err:  # the job died (killed, out of memory, node failure) or could not start
             point.status, point.error = "FAILED", f"job {job.job_id} died: {short_error(err)}"
             on_lost(point, "FAILED", point.error)
+
+
+#: Seconds a job may be missing from squeue, without a result, before it counts as cancelled.
+LOST_S = 20.0
+
+
+def queue_states() -> dict[str, tuple[str, str]]:
+    """squeue's view of this user's jobs, array tasks one by one: job id -> (state, reason)."""
+    import getpass
+
+    done = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"], capture_output=True,
+                          text=True, timeout=60)
+    if done.returncode != 0:
+        return {}
+    rows = (line.split("|") for line in done.stdout.splitlines() if line.count("|") == 2)
+    return {job: (state, reason) for job, state, reason in rows}
+
+
+def partitions() -> dict[str, dict]:
+    """What each partition's nodes offer, from sinfo: the most CPUs, memory (MB) and GPUs of a
+    node, the time limit (minutes, None: infinite), and whether it is the default."""
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%m|%l|%G"], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise UserError("--launcher slurm needs SLURM's commands (sinfo, sbatch): is this a SLURM login node?") \
+            from None
+    if done.returncode != 0:
+        raise UserError(f"--launcher slurm: sinfo failed: {done.stderr.strip().splitlines()[0] if done.stderr else ''}")
+    found: dict[str, dict] = {}
+    for line in done.stdout.splitlines():
+        name, cpus, mem, limit, gres = (line.split("|") + [""] * 5)[:5]
+        entry = found.setdefault(name.rstrip("*"), {"cpus": 0, "mem_mb": 0, "gpus": 0, "minutes": None,
+                                                    "default": name.endswith("*")})
+        entry["cpus"] = max(entry["cpus"], int(cpus.rstrip("+") or 0))
+        entry["mem_mb"] = max(entry["mem_mb"], int(mem.rstrip("+") or 0))
+        entry["gpus"] = max(entry["gpus"], sum(int(g.split(":")[-1].split("(")[0]) for g in gres.split(",")
+                                               if g.startswith("gpu") and g.split(":")[-1].split("(")[0].isdigit()))
+        entry["minutes"] = _minutes(limit)
+    return found
+
+
+def _minutes(limit: str) -> Optional[int]:
+    """sinfo's time limit in minutes (None: infinite).  SLURM writes minutes, minutes:seconds,
+    hours:minutes:seconds, days-hours, days-hours:minutes or days-hours:minutes:seconds."""
+    if limit in ("infinite", "UNLIMITED", ""):
+        return None
+    days, dash, rest = limit.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if dash:  # days-hours[:minutes[:seconds]]
+        hours, minutes = parts[0], parts[1] if len(parts) > 1 else 0
+    else:  # minutes[:seconds] or hours:minutes:seconds
+        hours, minutes = (parts[0], parts[1]) if len(parts) == 3 else (0, parts[0])
+    return (int(days or 0) * 24 + hours) * 60 + minutes
+
+
+def check_request(s, found: dict[str, dict]) -> None:
+    """Refuse, in one line, what no node of the partition can give: a job that would pend forever."""
+    name = s.partition or next((n for n, p in found.items() if p["default"]), None)
+    if name not in found:
+        raise UserError(f"launcher.partition={s.partition}: no such partition; partitions: {', '.join(found)}")
+    part = found[name]
+    wants = [("cpus_per_task", s.cpus_per_task, part["cpus"], "CPUs"),
+             ("gpus_per_node", s.gpus_per_node, part["gpus"], "GPUs"),
+             ("mem_gb", (s.mem_gb or 0) * 1024, part["mem_mb"], "MB of memory")]
+    for key, asked, most, what in wants:
+        if asked > most:
+            raise UserError(f"launcher.{key}: the nodes of partition {name} have at most {most} {what}; "
+                            f"the trials would pend forever")
+    if part["minutes"] is not None and s.timeout_min > part["minutes"]:
+        raise UserError(f"launcher.timeout_min={s.timeout_min} is above the time limit of partition {name} "
+                        f"({part['minutes']} min)")
