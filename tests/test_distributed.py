@@ -225,3 +225,25 @@ def test_sync_bn_is_refused_without_cuda(cli, runs_dir):
         pytest.skip("this host has CUDA")
     code, _, err = cli("train", *TINY, "trainer.devices=2", "trainer.sync_bn=true")
     assert code == 2 and "trainer.sync_bn needs CUDA" in err and runs_in_store(runs_dir) == []
+
+
+def test_a_rank_that_dies_after_the_run_finished_leaves_one_truth(cli, runs_dir, monkeypatch):
+    """Rank 0 finished and logged the run, then another rank ended abnormally (killed at exit):
+    the CLI says what MLflow says, FINISHED (exit 0), with a line about the rank."""
+    import torch.distributed.launcher.api as api
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from gxnor_cli.tracking.client import Run
+    from gxnor_cli.tracking.store import Store
+
+    def elastic_launch(config, entry):  # the ranks: rank 0 ends the run FINISHED, then rank 1 dies
+        def ranks(cfg_dict, overrides, run_id):
+            Run(Store.of(None, "runs"), "", run_id=run_id).end("FINISHED")
+            raise ChildFailedError("rank_main", {1: ProcessFailure(local_rank=1, pid=1, exitcode=-9, error_file="")})
+        return ranks
+
+    monkeypatch.setattr(api, "elastic_launch", elastic_launch)
+    code, out, err = cli("train", *TINY, "trainer.devices=2", "trainer.device=cpu")
+    assert code == 0 and "a rank ended abnormally after run" in err, err
+    (run,) = runs_in_store(runs_dir)
+    assert run.info.status == "FINISHED" and run.info.run_id in out

@@ -350,3 +350,15 @@ def test_checkpoint_values_are_checked_not_only_their_names(cli, runs_dir, chang
     for command in (["eval", run_id], ["export", run_id], ["train", f"trainer.resume={run_id}", "trainer.epochs=3"]):
         code, _, err = cli(*command)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (command, err)
+
+
+def test_ctrl_c_while_a_big_grid_is_composed_stops_at_once(tmp_path, mlflow_template):
+    runs = store_copy(mlflow_template, tmp_path)
+    proc = gxnor(tmp_path, "sweep", "trainer.seed=range(0,900)", "sweep.max_points=900", *TINY)
+    line = proc.stderr.readline()
+    assert line.startswith("sweep: 900 points"), line
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert runs_in_store(runs) == []

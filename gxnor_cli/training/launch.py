@@ -20,7 +20,7 @@ import torch
 
 from ..config import Config, from_dict
 from ..errors import RunFailed, UserError
-from ..tracking.client import Run
+from ..tracking.client import Run, run_status
 from ..tracking.report import epoch_line
 from .group import check_world, in_group_env, leave
 from ..interrupt import install_interrupt_handler, record, stop_requested
@@ -93,6 +93,12 @@ def launch(cfg: Config, overrides: list[str], open_run: Callable[[Config], Run])
         if stop_requested():
             run.end_if_running("KILLED", "stopped by a signal")
             raise KeyboardInterrupt from None
+        ended = run_status(run.store, run.run_id)
+        if ended["status"] == "FINISHED":  # rank 0 finished and logged the run: that is the truth
+            print(f"gxnor: a rank ended abnormally after run {run.run_id} finished ({str(why).strip()[:200]}); "
+                  f"the run and its checkpoints are complete", file=sys.stderr, flush=True)
+            return {"run_id": run.run_id, "tracking_uri": run.store.uri, "devices": n, "rank": 0,
+                    "checkpoint": str(run.store.checkpoint_dir(run.run_id) / "best.pt"), **ended["metrics"]}
         run.end_if_running("FAILED", f"a rank failed: {why}")
         raise RunFailed(f"data-parallel training failed, run {run.run_id} marked FAILED: "
                         f"{str(why).strip().splitlines()[-1]}") from None
