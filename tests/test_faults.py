@@ -283,8 +283,10 @@ def test_a_big_grid_is_counted_at_once_and_allowed_on_request(cli, runs_dir, mon
     from gxnor_cli.sweeps import sweep
 
     monkeypatch.setattr(sweep, "execute", lambda points, *a, **k: (points, "p", "FINISHED"))  # count, compose only
-    code, _, err = cli("sweep", "trainer.seed=range(0,1200)", "sweep.max_points=1200", *TINY)
-    assert code == 0 and err.startswith("sweep: 1,200 points"), err
+    code, _, err = cli("sweep", "trainer.seed=range(0,40)", "sweep.max_points=30", *TINY)
+    assert code == 2 and "the grid has 40 points, more than sweep.max_points=30" in err
+    code, _, err = cli("sweep", "trainer.seed=range(0,25)", "sweep.max_points=25", *TINY)
+    assert code == 0 and err.startswith("sweep: 25 points"), err
     code, _, err = cli("sweep", "trainer.seed=range(0,3)", *TINY)
     assert code == 0 and "points" not in err  # a small grid composes in an instant: nothing to say
 
