@@ -155,7 +155,15 @@ class PackedModel:
 
     @classmethod
     def load(cls, path: Path, kernel: str = "gemm") -> "PackedModel":
-        return cls(*packed.read(path), kernel=kernel)
+        """The model in ``path``: read, validated in full, unpacked.  A file that gets past the
+        checks and still does not unpack is refused in one line all the same."""
+        manifest, blobs = packed.read(path)
+        try:
+            return cls(manifest, blobs, kernel=kernel)
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError) as err:
+            if kernel not in KERNELS:
+                raise
+            raise packed.PackedError(f"invalid packed model {path}: {type(err).__name__}: {str(err)[:200]}") from None
 
     # -- one layer ---------------------------------------------------------------
     @staticmethod

@@ -212,6 +212,11 @@ MAX_SAMPLE = 1 << 24
 MAX_PATCHES = 1 << 26
 
 
+def whole(value) -> bool:
+    """An int of JSON, not a bool (which Python would compare equal to 0 and 1) or a float."""
+    return type(value) is int
+
+
 class _Checker:
     """The checks of :func:`validate`, walking the layers with the shape that flows through."""
 
@@ -246,11 +251,11 @@ class _Checker:
     def input(self) -> None:
         inp, shape = self.manifest["input"], self.manifest["input"]["shape"]
         self.need(self.manifest.get("format") == "gxnor-packed", "manifest", "format is not gxnor-packed")
-        self.need(isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape),
+        self.need(isinstance(shape, list) and len(shape) == 3 and all(whole(v) and v > 0 for v in shape),
                   "input", f"shape {shape!r} is not [C, H, W]")
         self.need(max(shape[1:]) <= MAX_SIDE and math.prod(shape) <= MAX_SAMPLE, "input",
                   f"shape {shape} is larger than a packed model may claim")
-        self.need(isinstance(inp["max_value"], int) and inp["max_value"] > 0, "input",
+        self.need(whole(inp["max_value"]) and inp["max_value"] > 0, "input",
                   "max_value must be an integer > 0")
         self.channels, self.height, self.width = shape
 
@@ -258,6 +263,8 @@ class _Checker:
         """The weight entry and its blob; returns the output channels."""
         self.need(spec.get("kind") in ("conv", "dense"), where, f"unknown kind {spec.get('kind')!r}")
         w = spec["weight"]
+        self.need(isinstance(w["shape"], list) and all(whole(v) and v > 0 for v in w["shape"]), where,
+                  f"weight shape {w['shape']!r} is not a list of whole numbers")
         wspace = self.space(f"{where} weight", w)
         count = int(np.prod(w["shape"]))
         if self.manifest["version"] >= 2:
@@ -271,12 +278,12 @@ class _Checker:
 
     def geometry(self, where: str, spec: dict, out_ch: int) -> None:
         """The weight shape fits what flows in; the feature maps stay non-empty."""
-        shape, pool = spec["weight"]["shape"], spec.get("pool", 0)
-        self.need(isinstance(pool, int) and pool >= 0, where, f"pool {pool!r}")
+        shape, pool = spec["weight"]["shape"], spec["pool"]
+        self.need(whole(pool) and pool >= 0, where, f"pool {pool!r}")
         if spec["kind"] == "conv":
             k, pad = spec["kernel"], spec["padding"]
             self.need(self.features is None, where, "a convolution after a dense layer")
-            self.need(isinstance(k, int) and k >= 1 and isinstance(pad, int) and 0 <= pad < k, where,
+            self.need(whole(k) and k >= 1 and whole(pad) and 0 <= pad < k, where,
                       f"kernel {k!r} or padding {pad!r} (a padding of k or more adds only zeros)")
             self.need(shape == [out_ch, self.channels, k, k], where,
                       f"weight shape {shape} does not fit {self.channels} input channels and kernel {k}")
