@@ -4,7 +4,6 @@
     run.py        one tracked run in one process: resume, data, model, MLflow, artifacts
     loop.py       the plain loop (Trainer): DST for discrete weights, Adam for BatchNorm
     group.py      the processes of a run: Solo (one) or Ranks (torch.distributed)
-    interrupt.py  SIGINT / SIGTERM: stop at the next batch, then at once
 
 Import from the modules (this file imports nothing, so a light module of the package
 loads without the heavy ones).
