@@ -364,3 +364,25 @@ def test_ctrl_c_while_a_big_grid_is_composed_stops_at_once(tmp_path, mlflow_temp
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert runs_in_store(runs) == []
+
+
+def test_a_run_that_trains_again_first_sends_what_its_earlier_try_kept(cli, runs_dir):
+    """A try killed while its store was away left pending.json; the next try of the same run
+    (resume, a retried or requeued trial) sends it before anything else: no gap in the history."""
+    from mlflow.tracking import MlflowClient
+
+    from gxnor_cli.tracking.client import Run, pending_file
+    from gxnor_cli.tracking.store import Store
+
+    code, out, err = cli("train", *TINY, "--json")
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    store = Store.of(None, runs_dir)
+    first = Run(store, "", run_id=run_id, keep_status=True)
+    first.pending = [{"op": "metrics", "metrics": [["kept_metric", 0.5, 1_000, 7]]}]
+    first.keep()
+    assert pending_file(store, run_id).is_file()
+    Run(store, "", run_id=run_id)  # the next try opens the run
+    history = MlflowClient(store.uri).get_metric_history(run_id, "kept_metric")
+    assert [(m.step, m.value) for m in history] == [(7, 0.5)]
+    assert not pending_file(store, run_id).exists()

@@ -185,7 +185,10 @@ class Run:
         self.warn, self.warned, self.failed_at = warn, False, 0.0
         if run_id is not None:
             self.run_id = run_id
-            if not keep_status:  # it trains again: RUNNING, here, and no error of an earlier try
+            if not keep_status:  # it trains again: what an earlier try kept first, then RUNNING, here, no error
+                self.pending = [op for op in kept_ops(pending_file(store, run_id)) if op["op"] != "end"]
+                self.warned = bool(self.pending)
+                self.flush(force=True)
                 self.client.update_run(run_id, status="RUNNING")
                 self.set_tags(owner_tags())
                 self.clear_tag("gxnor.error")
@@ -351,6 +354,18 @@ def apply(client, run_id: str, op: dict) -> None:
             client.set_terminated(run_id, status=op["status"])
     else:
         raise ValueError(f"unknown operation {kind!r}")
+
+
+def kept_ops(path: Path) -> list[dict]:
+    """The operations a run kept in its pending.json (none when there is no such file)."""
+    if not path.is_file():
+        return []
+    try:
+        record = json.loads(path.read_text())
+        assert record["format"] == PENDING_FORMAT and isinstance(record["ops"], list)
+        return record["ops"]
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise UserError(f"{path} is not a pending-calls file of gxnor") from None
 
 
 def sync(path: Path, out_dir: Path) -> tuple[int, int]:
