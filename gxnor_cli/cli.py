@@ -360,8 +360,10 @@ def sync_cmd(
                                                       "default: every run under --runs-dir that kept calls."),
     out_dir: str = RUNS_DIR,
 ):
-    """Send what runs kept on disk while their tracking store was away; each run then shows
-    its true status.  Exit 0 only when everything landed; running it again sends nothing twice."""
+    """Send what runs kept on disk while their tracking store was away.
+
+    Each run then shows its true status.  Exit 0 only when everything landed; running it
+    again sends nothing twice."""
     from .tracking.client import sync
     from .tracking.locate import pending_files
     from .tracking.store import StoreError
