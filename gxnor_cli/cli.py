@@ -52,10 +52,6 @@ def fail(message: str) -> None:
     raise UserError(message)
 
 
-def store_of(uri: Optional[str], out_dir: str) -> Store:
-    return Store.of(uri, out_dir)
-
-
 class EpochProgress:
     """Progress on stderr: on a terminal, a bar over the epochs and one over the current epoch's
     samples (samples/s, time left); else one plain line per epoch."""
@@ -164,7 +160,7 @@ def evaluate_cmd(
         fail(f"--kernel must be gemm or xnor; got {kernel!r}")
     if predictions is not None and (predictions.is_dir() or not predictions.parent.is_dir()):
         fail(f"--predictions {predictions}: give a file in an existing directory")
-    source = locate_model(run, store_of(uri, out_dir), exported=engine == "packed")
+    source = locate_model(run, Store.of(uri, out_dir), exported=engine == "packed")
     from .runs import evaluate
 
     result = evaluate(source, split, engine, kernel, data_root, batch_size, predictions)
@@ -203,7 +199,7 @@ def export(
         fail(f"--out {out_path} is a directory; give a file name")
     if out_path is not None and not out_path.parent.is_dir():
         fail(f"--out {out_path}: directory {out_path.parent} does not exist")
-    store = store_of(uri, out_dir)
+    store = Store.of(uri, out_dir)
     source = locate_model(run, store)
     from .runs import export as export_run
 
@@ -227,7 +223,7 @@ def summary(
     json_out: bool = typer.Option(False, "--json", metavar="", help="Print the table as JSON."),
 ):
     """Per-layer states, bits, bytes at rest, MACs and gated operations measured on data."""
-    source = locate_model(target, store_of(uri, out_dir), exported=Path(target).is_file())
+    source = locate_model(target, Store.of(uri, out_dir), exported=Path(target).is_file())
     from .runs import summary as summarise
 
     rows, totals = summarise(source, samples, data_root)
@@ -403,7 +399,7 @@ def ui(
 
     if not 1 <= port <= 65535:
         fail(f"--port must be in 1..65535; got {port}")
-    store = store_of(uri, out_dir)
+    store = Store.of(uri, out_dir)
     if not store.exists():
         fail(f"no runs yet: {store.describe()} does not exist (run gxnor train first)")
     with socket.socket() as probe:

@@ -356,30 +356,30 @@ def apply(client, run_id: str, op: dict) -> None:
         raise ValueError(f"unknown operation {kind!r}")
 
 
-def kept_ops(path: Path) -> list[dict]:
-    """The operations a run kept in its pending.json (none when there is no such file)."""
-    if not path.is_file():
-        return []
+def read_pending(path: Path) -> dict:
+    """A pending.json as written by :meth:`Run.keep`; UserError for a file that is not one."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(Path(path).read_text())
         assert record["format"] == PENDING_FORMAT and isinstance(record["ops"], list)
-        return record["ops"]
+        assert isinstance(record["tracking_uri"], str) and isinstance(record["run_id"], str)
+        return record
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
         raise UserError(f"{path} is not a pending-calls file of gxnor") from None
+
+
+def kept_ops(path: Path) -> list[dict]:
+    """The operations a run kept in its pending.json (none when there is no such file)."""
+    return read_pending(path)["ops"] if path.is_file() else []
 
 
 def sync(path: Path, out_dir: Path) -> tuple[int, int]:
     """Send the operations a run kept in ``path`` (its pending.json) to the store it was meant
     for; returns (sent, left).  Each one sent leaves the file at once, so that a second sync
     sends nothing twice; the file goes once it is empty.  UserError for a file that is not one."""
-    try:
-        record = json.loads(Path(path).read_text())
-        ops, uri, run_id = record["ops"], record["tracking_uri"], record["run_id"]
-        assert record["format"] == PENDING_FORMAT and isinstance(ops, list)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise UserError(f"{path} is not a pending-calls file of gxnor") from None
-    store = Store(uri, Path(out_dir))
-    run = Run(store, "", run_id=run_id, keep_status=True, warn=lambda line: None)
+    record = read_pending(path)
+    ops = record["ops"]
+    run = Run(Store(record["tracking_uri"], Path(out_dir)), "", run_id=record["run_id"], keep_status=True,
+              warn=lambda line: None)
     run.pending = list(ops)
     run.flush(force=True)
     sent = len(ops) - len(run.pending)

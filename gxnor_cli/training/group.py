@@ -195,10 +195,11 @@ def synchronise_norm(model: nn.Module, group: Group, cfg: Config) -> nn.Module:
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def host_threads() -> int:
-    """A rank's share of this host's cores: torchrun starts LOCAL_WORLD_SIZE ranks per host,
-    and each would take every core (epochs tens of times slower) unless told."""
-    return max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+def host_threads(ranks: Optional[int] = None) -> int:
+    """A rank's share of this host's cores among ``ranks`` ranks on it (default: torchrun's
+    LOCAL_WORLD_SIZE); each would take every core (epochs tens of times slower) unless told."""
+    ranks = ranks or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (os.cpu_count() or 1) // max(1, ranks))
 
 
 def in_group_env() -> bool:

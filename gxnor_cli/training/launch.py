@@ -20,10 +20,10 @@ import torch
 
 from ..config import Config, from_dict
 from ..errors import RunFailed, UserError
+from ..interrupt import install_interrupt_handler, record, stop_requested
 from ..tracking.client import Run, run_status
 from ..tracking.report import epoch_line
-from .group import check_world, in_group_env, leave
-from ..interrupt import install_interrupt_handler, record, stop_requested
+from .group import check_world, host_threads, in_group_env, leave
 from .run import Hooks, open_run, prepare, resolve, teacher_of, train_run
 
 
@@ -56,11 +56,6 @@ def rank_main(cfg_dict: dict, overrides: list[str], run_id: str) -> dict:
         leave()
 
 
-def threads_per_rank(cfg: Config) -> int:
-    """``trainer.threads``, else an equal share of this machine's cores."""
-    return cfg.trainer.threads or max(1, (os.cpu_count() or 1) // cfg.trainer.devices)
-
-
 def launch(cfg: Config, overrides: list[str], open_run: Callable[[Config], Run]) -> dict:
     """Start ``trainer.devices`` ranks with torch's elastic launcher and wait for them;
     ``open_run(cfg)`` opens the run they train into with the config they run.  Returns rank
@@ -73,7 +68,7 @@ def launch(cfg: Config, overrides: list[str], open_run: Callable[[Config], Run])
         raise UserError(f"trainer.devices={n} needs {n} GPUs; this machine has {torch.cuda.device_count()}")
     for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # gxnor says what happened, in one line
-    cfg = cfg.replace(**{"trainer.threads": threads_per_rank(cfg)})
+    cfg = cfg.replace(**{"trainer.threads": cfg.trainer.threads or host_threads(n)})
     run = open_run(cfg)
     q = cfg.quant
     print(f"run {run.run_id}  {cfg.data.name}  {cfg.model.arch}  W{q.weight_states}/A{q.act_states}  "
