@@ -1,136 +1,159 @@
-"""Samples/s of the packed engine vs torch fp32 eval of the same net, side by side.
+"""The packed engine against the runtimes a deployer would use otherwise, side by side.
 
-A ternary digits net is trained for a few epochs (or a checkpoint is given), exported,
-and all run the full test split, interleaved, 5 to 51 times each (as many as fit in about
-10 s; median), with
-``--threads`` threads for torch and for numpy's BLAS alike:
+Two nets, both ternary weights and activations:
 
-    engine       the packed engine, gemm kernel (exact integer sums of the codes through BLAS)
-    engine-xnor  the packed engine, gated-XNOR kernel on bit planes (the method's reference)
-    torch-fp32   the same trained model in torch eval mode (float weights and activations)
-    torch-int8   the same model as plain torch layers with torch's dynamic int8 quantisation
-                 (its dense layers: torch has no dynamic int8 convolution); a second anchor,
-                 not exact, so the share of its predictions that agree is printed
+    digits   gxnor's default net trained 5 epochs on the 8x8 digits (its test split)
+    mnist    the paper's MNIST net (32C5-MP2-64C5-MP2-512FC-10, 28x28) with random weights
+             and random BatchNorm statistics, on random 28x28 images (no data needed)
 
-Also printed: whether their predictions agree on every sample, and the resting
-probability the engine measured (share of gated-off weight-activation pairs after the
-first layer).
+Each is exported (packed, and gxnor's ONNX float graph) and run by
 
-    python bench/engine.py [CHECKPOINT] [--threads N]
+    engine        gxnor's packed engine, default kernel (onnxruntime when installed)
+    engine-numpy  the packed engine's numpy gemm kernel
+    ort-fp32      onnxruntime on gxnor's ONNX export (float32)
+    ort-int8      onnxruntime on that export after its static int8 quantization
+                  (QDQ, per-channel weights, calibrated on 200 inputs; not exact)
+    torch-fp32    the trained model in torch eval mode
+
+Every onnxruntime session here, the engine's included, lets idle threads sleep instead of
+spin: a spinning pool would take the cores from the runtime timed next.
+at batch 1 and batch 1000, with 1 and 2 threads, interleaved: 7 rounds, each timing every
+runtime over about 50 ms of calls; medians.  Printed: samples/s per case, whether engine, engine-numpy,
+ort-fp32 and torch-fp32 predict the same class for every sample, and how often ort-int8 does.
+
+    python bench/engine.py            # about 2 minutes on 2 cores
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
-REPEATS, MAX_REPEATS, BUDGET_S = 5, 51, 10.0  # rounds: at least 5, more while they take < 10 s in all
+from gxnor_cli import checkpoint
+from gxnor_cli.config import load_config
+from gxnor_cli.data.sources import load_data
+from gxnor_cli.deploy.engine import PackedModel
+from gxnor_cli.deploy.fold import export_run, predict_torch
+from gxnor_cli.deploy.onnx_graph import export_onnx
+from gxnor_cli.deploy.packed import packed_weight_bytes
+from gxnor_cli.models.nets import build_model
+from gxnor_cli.training.group import Solo
+from gxnor_cli.training.loop import Trainer
+from gxnor_cli.training.run import prepare
+
+ROUNDS, CALL_S = 7, 0.05  # rounds, interleaved; each times one runtime over >= 50 ms of calls
+BATCHES, THREADS = (1, 1000), (1, 2)
 
 
-def plain_torch(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a gxnor net with its discrete layers as ordinary nn.Conv2d / nn.Linear (weights =
-    the state values), so torch's own quantisation can be applied to it."""
-    import copy
+def digits_net(tmp: Path) -> tuple[dict, np.ndarray]:
+    cfg = load_config(["trainer.epochs=5"])
+    data, model = prepare(cfg)
+    Trainer(cfg, model, data, Solo(torch.device("cpu")), run_dir=tmp).fit()
+    return checkpoint.load(tmp / "best.pt"), load_data(cfg.data).test.images.numpy()
 
-    from gxnor_cli.discrete.layers import DiscreteConv2d, DiscreteLinear
 
-    plain = copy.deepcopy(model)
-    for block in plain:
-        layer = block.weight
-        if isinstance(layer, DiscreteConv2d):
-            new = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, padding=layer.padding,
-                                  bias=False)
-        elif isinstance(layer, DiscreteLinear):
-            new = torch.nn.Linear(layer.in_features, layer.out_features, bias=False)
-        else:
-            continue
-        with torch.no_grad():
-            new.weight.copy_(layer.weight())
-        block.weight = new
-    return plain.eval()
+def mnist_net(tmp: Path) -> tuple[dict, np.ndarray]:
+    cfg = load_config(["model=mnist_net", "data=mnist"])
+    model = build_model(cfg.model, cfg.quant, (1, 28, 28), 10).eval()
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.copy_(torch.tensor(rng.normal(0, 2, m.num_features)))
+                m.running_var.copy_(torch.tensor(rng.uniform(1, 30, m.num_features)))
+    payload = {"config": cfg.to_dict(), "model": model.state_dict(), "num_classes": 10, "in_shape": [1, 28, 28],
+               "max_value": 255.0}
+    return payload, rng.integers(0, 256, (1000, 1, 28, 28), dtype=np.uint8)
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engine's session
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def quantize_int8(fp32: Path, out: Path, images: np.ndarray) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": images[i:i + 20].astype(np.float32)} for i in range(0, 200, 20)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+
+
+def measure(name: str, payload: dict, images: np.ndarray, tmp: Path) -> tuple[list[dict], bool, float, float]:
+    manifest, model = export_run(payload, tmp / f"{name}.gxnor")
+    export_onnx(payload, tmp / f"{name}.onnx")
+    quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx", images)
+    engine, numpy_engine = PackedModel.load(tmp / f"{name}.gxnor"), PackedModel.load(tmp / f"{name}.gxnor", "gemm")
+    numpy_engine.measure = False
+    floats = images.astype(np.float32)
+    tensor = torch.from_numpy(images)
+    rows = []
+    for threads in THREADS:
+        torch.set_num_threads(threads)
+        engine.threads = numpy_engine.threads = threads
+        fp32, int8 = session(tmp / f"{name}.onnx", threads), session(tmp / f"{name}.int8.onnx", threads)
+        for batch in BATCHES:
+            n = min(batch, len(images))
+            runs = {"engine": lambda: engine.predict(images[:n], batch),
+                    "engine-numpy": lambda: numpy_engine.predict(images[:n], batch),
+                    "ort-fp32": lambda: fp32.run(None, {"input": floats[:n]})[0].argmax(1),
+                    "ort-int8": lambda: int8.run(None, {"input": floats[:n]})[0].argmax(1),
+                    "torch-fp32": lambda: predict_torch(model, tensor[:n], payload["max_value"], batch)}
+            start = time.perf_counter()
+            for fn in runs.values():
+                fn()
+            inner = max(1, int(CALL_S * len(runs) / (time.perf_counter() - start)))  # calls per timing
+            times = {key: [] for key in runs}
+            for _ in range(ROUNDS):
+                for key, fn in runs.items():
+                    start = time.perf_counter()
+                    for _ in range(inner):
+                        fn()
+                    times[key].append((time.perf_counter() - start) / inner)
+            rate = {key: n / statistics.median(t) for key, t in times.items()}
+            rows.append({"net": name, "threads": threads, "batch": batch, **rate})
+            print(f"{name:<7} threads {threads} batch {batch:>5}: " +
+                  "  ".join(f"{key} {r:>9,.0f}/s" for key, r in rate.items()), flush=True)
+    engine.threads = numpy_engine.threads = 1
+    want = predict_torch(model, tensor, payload["max_value"])
+    same = all(np.array_equal(p, want) for p in (
+        engine.predict(images), numpy_engine.predict(images),
+        session(tmp / f"{name}.onnx", 1).run(None, {"input": floats})[0].argmax(1)))
+    int8_agree = float((session(tmp / f"{name}.int8.onnx", 1).run(None, {"input": floats})[0].argmax(1) == want).mean())
+    weights = sum(int(np.prod(layer["weight"]["shape"])) for layer in manifest["layers"])
+    return rows, same, int8_agree, 8 * packed_weight_bytes(manifest) / weights
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("checkpoint", nargs="?")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    from threadpoolctl import threadpool_limits  # numpy's BLAS gets the same threads (ships with scikit-learn)
-
-    threadpool_limits(args.threads)
-
-    from gxnor_cli import checkpoint
-    from gxnor_cli.config import load_config
-    from gxnor_cli.deploy.engine import PackedModel
-    from gxnor_cli.runs import packed_data
-    from gxnor_cli.deploy.fold import export_run, predict_torch
-    from gxnor_cli.deploy.packed import packed_weight_bytes
-    from gxnor_cli.training.run import prepare
-    from gxnor_cli.training.group import Solo
-    from gxnor_cli.training.loop import Trainer
-
+    rows, identical, bits = [], True, []
     with tempfile.TemporaryDirectory() as tmp:
-        if args.checkpoint:
-            ckpt = Path(args.checkpoint)
-        else:
-            cfg = load_config(["trainer.epochs=5"])
-            data, model = prepare(cfg)
-            Trainer(cfg, model, data, Solo(torch.device("cpu")), run_dir=Path(tmp)).fit()
-            ckpt = Path(tmp) / "best.pt"
-        payload = checkpoint.load(ckpt)
-        manifest, model = export_run(payload, Path(tmp) / "model.gxnor")
-        engine = PackedModel.load(Path(tmp) / "model.gxnor")
-        data, src = packed_data(manifest), manifest["source"]
-        images = data.test.images
-        xnor = PackedModel.load(Path(tmp) / "model.gxnor", kernel="xnor")
-        engine.measure = xnor.measure = False  # inference only, as torch does (events are counted below)
-        engine.threads = xnor.threads = args.threads
-        int8 = torch.ao.quantization.quantize_dynamic(plain_torch(model), {torch.nn.Linear}, dtype=torch.qint8)
-        runs = {"engine": lambda: engine.predict(images.numpy()), "engine-xnor": lambda: xnor.predict(images.numpy()),
-                "torch-fp32": lambda: predict_torch(model, images, data.max_value),
-                "torch-int8": lambda: predict_torch(int8, images, data.max_value)}
-        start = time.perf_counter()
-        outputs = {name: fn() for name, fn in runs.items()}  # warm-up
-        round_s = time.perf_counter() - start
-        repeats = max(REPEATS, min(MAX_REPEATS, int(BUDGET_S / round_s)))  # tiny nets: more rounds
-        times = {name: [] for name in runs}
-        for _ in range(repeats):
-            for name, fn in runs.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    n = len(images)
-    rate = {name: n / statistics.median(t) for name, t in times.items()}
-    agree = bool(np.array_equal(outputs["engine"], outputs["torch-fp32"])
-                 and np.array_equal(outputs["engine-xnor"], outputs["torch-fp32"]))
-    int8_agree = float((outputs["torch-int8"] == outputs["torch-fp32"]).mean())
-    engine.reset_events()
-    engine.measure = True
-    engine.predict(images.numpy())
-    table = engine.event_table()
-    pairs, opened = sum(r["pairs"] for r in table[1:]), sum(r["gates_opened"] for r in table[1:])
-    resting = 1 - opened / pairs
-    print(f"{src['data']} test split ({n} samples), {src['arch']}, W{src['weight_states']}/A{src['act_states']}, "
-          f"torch threads {torch.get_num_threads()}, {len(times['engine'])} rounds")
-    for name, r in rate.items():
-        print(f"{name:<12}{r:>12,.0f} samples/s")
-    print(f"predictions identical on every sample: {agree}; measured resting probability {resting:.4f}; "
-          f"torch-int8 agrees on {100 * int8_agree:.1f}% of the samples")
-    weights = sum(int(np.prod(layer["weight"]["shape"])) for layer in manifest["layers"])
-    bits = 8 * packed_weight_bytes(manifest) / weights
-    print(f"weights at rest: {bits:.3f} bits each (file format version {manifest['version']})")
-    print(f"RESULT engine_samples_per_s={rate['engine']:.0f} torch_fp32_samples_per_s={rate['torch-fp32']:.0f} "
-          f"engine_vs_torch={rate['engine'] / rate['torch-fp32']:.3f} "
-          f"xnor_vs_torch={rate['engine-xnor'] / rate['torch-fp32']:.3f} "
-          f"engine_vs_torch_int8={rate['engine'] / rate['torch-int8']:.3f} identical={int(agree)} "
-          f"resting_prob={resting:.4f} bits_per_weight={bits:.3f} threads={torch.get_num_threads()}")
+        for name, make in (("digits", digits_net), ("mnist", mnist_net)):
+            payload, images = make(Path(tmp))
+            got, same, int8_agree, b = measure(name, payload, images, Path(tmp))
+            rows += got
+            identical &= same
+            bits.append(b)
+            print(f"{name}: engine, engine-numpy, ort-fp32 and torch-fp32 predict the same class for every sample: "
+                  f"{same}; ort-int8 agrees with them on {100 * int8_agree:.1f}%; {b:.3f} bits per weight")
+    vs_ort = min(r["engine"] / r["ort-fp32"] for r in rows)
+    vs_torch = min(r["engine"] / r["torch-fp32"] for r in rows)
+    vs_int8 = min(r["engine"] / r["ort-int8"] for r in rows)
+    print(f"RESULT engine_vs_ort={vs_ort:.3f} engine_vs_torch={vs_torch:.3f} engine_vs_ort_int8={vs_int8:.3f} "
+          f"identical={int(identical)} bits_per_weight={max(bits):.3f}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ Along the input axis, in 64-bit words,
     A    = 2 popcount(gate & xnor) - popcount(gate)
 
 Other layers (more states, or the first layer on real inputs) take the gemm path in both.
+
+``onnxruntime`` (the fast kernel; ``auto``, the default, picks it when onnx and onnxruntime
+are installed, else ``gemm``): the same integer arithmetic compiled to one onnxruntime graph
+(:mod:`.compiled`).  It does not count events: a model measures (``measure = True``, the
+default of the numpy kernels) through the ``gemm`` kernel.
 BatchNorm and phi are integer thresholds (see :mod:`.fold`); the last
 layer's scores are scale * A + shift.  The engine counts, per layer and on the data it
 runs: weight-activation pairs, gates opened (both operands non-zero), the resting
@@ -31,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import packed
+from . import compiled, packed
 
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -63,7 +68,7 @@ class Events:
         return 1.0 - self.opened / self.pairs if self.pairs else 0.0
 
 
-KERNELS = ("gemm", "xnor")
+KERNELS = ("auto", "onnxruntime", "gemm", "xnor")
 
 
 @dataclass
@@ -95,20 +100,25 @@ def _blas():
 class PackedModel:
     """A packed model loaded for inference (its manifest validated first)."""
 
-    MIN_SHARE = 128  # images a thread must get before threads pay off
+    MIN_SHARE = 128  # images a thread must get before threads pay off (numpy kernels)
+    #: multiply-accumulates a thread must get before threads pay off (onnxruntime kernel: one
+    #: image of the paper's MNIST net, 4.3 M, runs faster in one thread than in two)
+    MACS_PER_THREAD = 1 << 23
 
     #: Values of convolution patches one batch may copy (float32: 512 MiB): larger batches shrink.
     BATCH_PATCHES = 1 << 27
 
-    def __init__(self, manifest: dict, blobs: dict[str, np.ndarray], kernel: str = "gemm"):
+    def __init__(self, manifest: dict, blobs: dict[str, np.ndarray], kernel: str = "auto"):
         packed.validate(manifest, blobs)
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+        if kernel == "onnxruntime" and not compiled.available():
+            raise packed.PackedError("the onnxruntime kernel needs onnx and onnxruntime: pip install 'gxnor[runtime]'")
         self.manifest, self.kernel = manifest, kernel
         self.in_shape = tuple(manifest["input"]["shape"])
-        self.measure = True  # count pairs and opened gates (False: inference only)
         self.threads = 1  # batches run in this many threads when not measuring
         self._pool = None  # (threads, the threads' pool), made on first use
+        self._sessions = {}  # the onnxruntime kernel's sessions by thread count, made on first use
         self.max_value = manifest["input"]["max_value"]
         self.layers: list[Layer] = []
         for spec in manifest["layers"]:
@@ -137,24 +147,38 @@ class PackedModel:
             if layer.gated:
                 layer.sign_w, layer.nz_w = pack_rows(rows > 0), pack_rows(rows != 0)
             self.layers.append(layer)
-        self.max_batch = max(1, self.BATCH_PATCHES // max(1, self.patches_per_sample()))
+        patches, self.macs = self._per_sample()
+        self.max_batch = max(1, self.BATCH_PATCHES // max(1, patches))
+        self._graph = None
+        if kernel == "onnxruntime" or (kernel == "auto" and compiled.available()):
+            try:
+                self._graph = compiled.build(self)
+            except compiled.NotCompilable as err:
+                if kernel == "onnxruntime":
+                    raise packed.PackedError(f"the onnxruntime kernel cannot run this model exactly: {err}") from None
+        self.kernel = "onnxruntime" if self._graph is not None else ("gemm" if kernel == "auto" else kernel)
+        self.measure = self.kernel != "onnxruntime"  # count pairs and opened gates (False: inference only)
 
-    def patches_per_sample(self) -> int:
-        """The most values one sample's input rows of a layer take (convolution patches)."""
+    def _per_sample(self) -> tuple[int, int]:
+        """(the most values one sample's input rows of a layer take (convolution patches), the
+        multiply-accumulates of one sample)."""
         channels, height, width = self.in_shape
-        most = channels * height * width
+        most, macs = channels * height * width, 0
         for layer in self.layers:
             spec = layer.spec
             if spec["kind"] == "conv":
                 k, pad = spec["kernel"], spec["padding"]
                 height, width = height + 2 * pad - k + 1, width + 2 * pad - k + 1
                 most = max(most, height * width * channels * k * k)
+                macs += height * width * layer.codes.size
                 height, width = (height // spec["pool"], width // spec["pool"]) if spec["pool"] else (height, width)
                 channels = spec["weight"]["shape"][0]
-        return most
+            else:
+                macs += layer.codes.size
+        return most, macs
 
     @classmethod
-    def load(cls, path: Path, kernel: str = "gemm") -> "PackedModel":
+    def load(cls, path: Path, kernel: str = "auto") -> "PackedModel":
         """The model in ``path``: read, validated in full, unpacked.  A file that gets past the
         checks and still does not unpack is refused in one line all the same."""
         manifest, blobs = packed.read(path)
@@ -244,6 +268,11 @@ class PackedModel:
         if tuple(images.shape[1:]) != self.in_shape:
             raise packed.PackedError(f"the model takes inputs of shape {list(self.in_shape)}, "
                                      f"these are {list(images.shape[1:])}")
+        if self._graph is not None and not self.measure:
+            threads = max(1, min(self.threads, len(images) * self.macs // self.MACS_PER_THREAD))
+            if threads not in self._sessions:
+                self._sessions[threads] = compiled.Session(self._graph, threads)
+            return self._sessions[threads].scores(images)
         x = (2 * images.astype(np.int32) - self.max_value).transpose(0, 2, 3, 1)  # u: x = u / max_value
         for layer in self.layers:
             x = self._layer(layer, x)
@@ -255,7 +284,9 @@ class PackedModel:
         kept by the model, BLAS one thread each (numpy releases the GIL in its kernels)."""
         threads = min(self.threads, len(images) // self.MIN_SHARE)
         batch_size = min(batch_size, self.max_batch)
-        if self.measure or threads <= 1:
+        if len(images) <= batch_size:
+            return self.scores(images).argmax(1)
+        if self.measure or threads <= 1 or self._graph is not None:  # onnxruntime: threads of its own
             return np.concatenate([self.scores(images[i:i + batch_size]).argmax(1)
                                    for i in range(0, len(images), batch_size)])
         if self._pool is None or self._pool[0] != threads:
