@@ -143,8 +143,10 @@ def evaluate_cmd(
     data_root: Optional[str] = typer.Option(None, "--data-root", metavar="DIR", help="Read the dataset from here instead."),
     batch_size: int = typer.Option(1000, min=1, metavar="N", help="Samples per evaluation batch."),
     engine: str = typer.Option("torch", metavar="torch|packed", help="torch (a run or checkpoint) or packed (an exported .gxnor file)."),
-    kernel: str = typer.Option("gemm", "--kernel", metavar="gemm|xnor", help="Packed engine: gemm (exact integer "
-                               "sums through BLAS) or xnor (gated XNOR on bit planes, the reference)."),
+    kernel: str = typer.Option("auto", "--kernel", metavar="auto|onnxruntime|gemm|xnor", help="Packed engine: "
+                               "onnxruntime (fast, needs 'gxnor\\[runtime]'), gemm (exact integer sums through BLAS) "
+                               "or xnor (gated XNOR on bit planes, the reference); auto: onnxruntime when installed. "
+                               "gemm and xnor count the events per layer."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", metavar="FILE", help="Also write each sample's prediction "
                                                "to this CSV file (index,label,prediction), to diff models."),
 ):
@@ -156,8 +158,8 @@ def evaluate_cmd(
         fail(f"--split must be train, val or test; got {split!r}")
     if engine not in ("torch", "packed"):
         fail(f"--engine must be torch or packed; got {engine!r}")
-    if kernel not in ("gemm", "xnor"):
-        fail(f"--kernel must be gemm or xnor; got {kernel!r}")
+    if kernel not in ("auto", "onnxruntime", "gemm", "xnor"):
+        fail(f"--kernel must be auto, onnxruntime, gemm or xnor; got {kernel!r}")
     if predictions is not None and (predictions.is_dir() or not predictions.parent.is_dir()):
         fail(f"--predictions {predictions}: give a file in an existing directory")
     source = locate_model(run, Store.of(uri, out_dir), exported=engine == "packed")
@@ -165,7 +167,7 @@ def evaluate_cmd(
 
     result = evaluate(source, split, engine, kernel, data_root, batch_size, predictions)
     if engine == "packed":
-        title, cols = (f"packed engine on the {split} split of {result['data']} ({result['samples']} samples)",
+        title, cols = (f"packed engine ({result['kernel']} kernel) on the {split} split of {result['data']} ({result['samples']} samples)",
                        ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob",
                         "popcount_words"])
     else:
@@ -176,6 +178,9 @@ def evaluate_cmd(
         print(json.dumps(result, indent=1))
         return
     table(title, ["metric", "value"], [(k, v) for k, v in result.items() if isinstance(v, float)], out)
+    if not result["layers"]:
+        out.print(f"({result['kernel']} kernel: per-layer events are counted by --kernel gemm or xnor)")
+        return
     table("per layer (resting_prob above: the layers after the first, which sees real inputs)", cols,
           [[row.get(c) for c in cols] for row in result["layers"]], out)
 

@@ -59,7 +59,7 @@ def write_predictions(path, labels, predictions) -> None:
 
 
 # -- gxnor eval -------------------------------------------------------------------------------
-def evaluate(path: Path, split: str = "test", engine: str = "torch", kernel: str = "gemm",
+def evaluate(path: Path, split: str = "test", engine: str = "torch", kernel: str = "auto",
              data_root=None, batch_size: int = 1000, predictions=None) -> dict:
     """``gxnor eval``: a checkpoint with torch, or an exported file with the packed engine."""
     if engine == "packed":
@@ -124,12 +124,13 @@ def evaluate_packed(model: PackedModel, split: str, data_root=None, batch_size: 
     seconds = time.perf_counter() - start
     if predictions is not None:
         write_predictions(predictions, part.labels.tolist(), outputs.tolist())
+    result = {"engine": "packed", "kernel": model.kernel, "data": data.name, "split": split, "samples": len(part),
+              "acc": float((outputs == part.labels.numpy()).mean()), "samples_per_s": len(part) / seconds}
+    if not model.measure:  # the onnxruntime kernel does not count events
+        return {**result, "layers": []}
     layers = model.event_table()
     pairs, opened = sum(l["pairs"] for l in layers[1:]), sum(l["gates_opened"] for l in layers[1:])
-    return {"engine": "packed", "data": data.name, "split": split, "samples": len(part),
-            "acc": float((outputs == part.labels.numpy()).mean()),
-            "resting_prob": 1 - opened / pairs if pairs else 0.0, "samples_per_s": len(part) / seconds,
-            "layers": layers}
+    return {**result, "resting_prob": 1 - opened / pairs if pairs else 0.0, "layers": layers}
 
 
 # -- gxnor export -----------------------------------------------------------------------------
@@ -164,11 +165,11 @@ def export(path: Path, fmt: str, local: Store, out: Optional[Path] = None, expli
 def summary(path: Path, samples: int = 256, data_root=None) -> tuple[list[dict], dict]:
     """``gxnor summary`` of a checkpoint (exported to a temporary packed file) or a packed file."""
     if is_packed(path):
-        return packed_summary(PackedModel.load(Path(path)), Path(path).stat().st_size, samples, data_root)
+        return packed_summary(PackedModel.load(Path(path), "gemm"), Path(path).stat().st_size, samples, data_root)
     payload = load_checkpoint(path)
     with tempfile.TemporaryDirectory() as tmp:
         size = export_run(payload, Path(tmp) / "model.gxnor")[0]["bytes"]
-        model = PackedModel.load(Path(tmp) / "model.gxnor")
+        model = PackedModel.load(Path(tmp) / "model.gxnor", "gemm")
     return packed_summary(model, size, samples, data_root)
 
 

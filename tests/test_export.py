@@ -104,6 +104,10 @@ def test_engine_resting_probability_matches_torch_measurement(cli, runs_dir, tmp
     export_run(payload, tmp_path / "m.gxnor")
     code, out, err = cli("eval", "--engine", "packed", str(tmp_path / "m.gxnor"), "--json")
     assert code == 0, err
+    fast = json.loads(out)  # the default kernel: onnxruntime where installed, which counts no events
+    assert fast["kernel"] in ("onnxruntime", "gemm") and fast["acc"] == pytest.approx(result["test_acc"])
+    code, out, err = cli("eval", "--engine", "packed", "--kernel", "gemm", str(tmp_path / "m.gxnor"), "--json")
+    assert code == 0, err
     engine = json.loads(out)
     assert engine["acc"] == pytest.approx(result["test_acc"])
     assert engine["resting_prob"] == pytest.approx(result["test_resting_prob"], abs=1e-9)
@@ -140,6 +144,9 @@ def test_export_and_summary_commands(cli, runs_dir):
     assert code == 0, err
     assert "x smaller" in out and "of all MACs gated off" in out
     code, out, err = cli("eval", "--engine", "packed", str(target))
+    assert code == 0, err
+    assert "onnxruntime" in out and "counted by --kernel gemm or xnor" in out and "popcount_words" not in out
+    code, out, err = cli("eval", "--engine", "packed", "--kernel", "gemm", str(target))
     assert code == 0, err
     assert "gemm" in out and "popcount_words" in out
     assert all(0 <= row["resting_prob"] <= 1 for row in summary["layers"])
@@ -259,8 +266,36 @@ def test_qonnx_export_loads_checks_and_predicts_exactly_like_torch(cli, runs_dir
     model.set_tensor_shape(name_in, list(images.shape))  # qonnx executes fixed shapes
     model = model.transform(InferShapes())
     ops = {n.op_type for n in model.graph.node}
-    assert {"Quant", "MultiThreshold"} <= ops
+    assert {"Quant", "MultiThreshold"} <= ops or quant == "quant=bnn" and "MultiThreshold" in ops
     scores = execute_onnx(model, {name_in: images})[name_out]
     _, torch_model = load_trained(payload)
     want = predict_torch(torch_model, data.test.images, data.max_value)
     assert np.array_equal(scores.argmax(1), want)  # every sample: integer arithmetic, as the packed engine
+    # FINN's flow, after the documented clean-up with a batch size: batch 1 and 4 agree, convolutions
+    # lower to matrix products, data types infer, inference_cost counts the integer MACs
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+    from qonnx.util.inference_cost import inference_cost
+
+    outputs = {}
+    for batch in (1, 4):
+        fixed = cleanup_model(ModelWrapper(str(target)), override_inpsize=batch)
+        name_in, name_out = fixed.graph.input[0].name, fixed.graph.output[0].name
+        assert fixed.get_tensor_shape(name_in) == [batch, 1, 8, 8] and str(fixed.get_tensor_datatype(name_in)) == "UINT5"
+        outputs[batch] = np.concatenate([execute_onnx(fixed, {name_in: images[i:i + batch]})[name_out]
+                                         for i in range(0, 8, batch)])
+    lowered = cleanup_model(ModelWrapper(str(target)), override_inpsize=1)
+    lowered = lowered.transform(LowerConvsToMatMul()).transform(InferDataTypes())
+    assert "Conv" not in {n.op_type for n in lowered.graph.node}
+    name_in, name_out = lowered.graph.input[0].name, lowered.graph.output[0].name
+    low = np.concatenate([execute_onnx(lowered, {name_in: images[i:i + 1]})[name_out] for i in range(8)])
+    assert np.array_equal(outputs[1], outputs[4]) and np.array_equal(outputs[1], low)
+    assert np.array_equal(outputs[1].argmax(1), want[:8])
+    weight_types = {str(lowered.get_tensor_datatype(n.input[1])) for n in lowered.graph.node if n.op_type == "MatMul"}
+    states = payload["config"]["quant"]["weight_states"]
+    assert weight_types == ({"BIPOLAR"} if states == 2 else {f"INT{int(np.ceil(np.log2(states // 2 + 1))) + 1}"})
+    lowered.save(str(tmp_path / "lowered.onnx"))
+    cost = inference_cost(str(tmp_path / "lowered.onnx"), output_json=None, output_onnx=None,
+                          discount_sparsity=False)["total_cost"]
+    assert cost["total_macs"] > 0 and cost["total_mem_w_elems"] == sum(
+        b.numel() for n, b in torch_model.named_buffers() if n.endswith("weight.state"))

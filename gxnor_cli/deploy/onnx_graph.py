@@ -42,6 +42,7 @@ class GraphBuilder:
 
     def __init__(self):
         self.nodes, self.inits = [], []
+        self.dtypes: dict[str, str] = {}  # tensor name -> FINN data type (QONNX annotations)
         self._ids = iter(range(1_000_000))
 
     def const(self, array, dtype=np.float32) -> str:
@@ -61,15 +62,19 @@ class GraphBuilder:
     def write(self, path: Path, name: str, in_shape, classes: int, doc: str, scores: str = "FLOAT",
               domains: tuple[str, ...] = ()) -> int:
         """Name the last node's output ``scores``, check the model and write it atomically;
-        returns the file size.  Input ``input``: N x in_shape float32."""
+        returns the file size.  Input ``input``: N x in_shape float32.  The tensors in
+        ``self.dtypes`` are annotated with their FINN data type."""
         import onnx
         from onnx import TensorProto, helper
-
 
         self.nodes[-1].output[0] = "scores"
         graph = helper.make_graph(
             self.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *in_shape])],
             [helper.make_tensor_value_info("scores", getattr(TensorProto, scores), ["N", classes])], self.inits)
+        for tensor, dtype in self.dtypes.items():
+            note = graph.quantization_annotation.add()
+            note.tensor_name = tensor
+            note.quant_parameter_tensor_names.add(key="finn_datatype", value=dtype)
         opsets = [helper.make_opsetid("", OPSET), *(helper.make_opsetid(d, 1) for d in domains)]
         proto = helper.make_model(graph, opset_imports=opsets, producer_name="gxnor")
         proto.doc_string = doc

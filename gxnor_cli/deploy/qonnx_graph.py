@@ -5,13 +5,20 @@ engine computes.  Input: raw values v (float32, N x C x H x W, 0 .. max_value). 
 
     u = 2 v - max_value                                     (first layer only)
     W = Quant(codes, scale 1, zero point 0, b bits, signed, narrow)   the integer weight codes
+        (binary weights: the codes +-1 as an initializer annotated BIPOLAR)
     A = Conv(x, W) or MatMul(Flatten(x), W^T); [MaxPool]               integer accumulators
     hidden:  code = MultiThreshold(flip * A, T) + out_bias          T: per channel, sorted,
              2K+1 states: T = {lo_k + 1, hi_k}, out_bias -K;  binary: T = {hi}, out_scale 2, bias -1
     last:    scores = scale * A + shift                             (in float64, as the engine)
 
 and the next layer takes the codes.  The thresholds count ``A' >= t`` (MultiThreshold's
-rule), which is the packed format's rule: code = #{A' >= hi_k} - #{A' <= lo_k}.  Needs the
+rule), which is the packed format's rule: code = #{A' >= hi_k} - #{A' <= lo_k}.  The input
+is annotated with its FINN data type (UINT5 for raw values 0..16, UINT8 for 0..255).
+
+The batch dimension is symbolic (``N``), for onnxruntime.  qonnx executes and costs fixed
+shapes: clean the model up with a batch size, ``cleanup_model(ModelWrapper(path),
+override_inpsize=1)`` (or ``qonnx-cleanup --override-inpsize 1 FILE``), and FINN's flow,
+``LowerConvsToMatMul``, ``InferDataTypes`` and ``inference_cost`` run on the result.  Needs the
 optional ``onnx`` package; ``qonnx`` loads, checks and executes the result.
 """
 
@@ -38,11 +45,12 @@ def export_qonnx(payload: dict, path: Path) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest, _ = export_run(payload, Path(tmp) / "model.gxnor")
-        model = PackedModel.load(Path(tmp) / "model.gxnor")
+        model = PackedModel.load(Path(tmp) / "model.gxnor", "gemm")
     g = GraphBuilder()
     const, node = g.const, g.node
 
     max_value = float(model.max_value)
+    g.dtypes["input"] = f"UINT{int(max_value).bit_length()}"
     x = node("Sub", node("Mul", "input", const(2.0)), const(max_value))
     for layer in model.layers:
         spec = layer.spec
@@ -53,10 +61,15 @@ def export_qonnx(payload: dict, path: Path) -> int:
             weight = codes.reshape(spec["weight"]["shape"])
         else:
             weight = codes.T
-        w = node("Quant", const(weight), const(1.0), const(0.0), const(float(bits)), domain=DOMAIN,
-                 signed=1, narrow=1, rounding_mode="ROUND")
+        if spec["weight"]["states"] == 2:  # codes -1, +1: an initializer of FINN's BIPOLAR type
+            w = const(weight)
+            g.dtypes[w] = "BIPOLAR"
+        else:
+            w = node("Quant", const(weight), const(1.0), const(0.0), const(float(bits)), domain=DOMAIN,
+                     signed=1, narrow=1, rounding_mode="ROUND")
         if spec["kind"] == "conv":
-            x = node("Conv", x, w, kernel_shape=[k, k], pads=[pad, pad, pad, pad])
+            x = node("Conv", x, w, kernel_shape=[k, k], pads=[pad, pad, pad, pad], strides=[1, 1],
+                     dilations=[1, 1], group=1)
             if spec["pool"]:
                 p = spec["pool"]
                 x = node("MaxPool", x, kernel_shape=[p, p], strides=[p, p])
