@@ -109,7 +109,6 @@ def build(model) -> bytes:
     if model.max_value > 255:
         raise NotCompilable("the compiled graph takes uint8 inputs")
     g = _Graph()
-    channels, height, width = model.in_shape
     # u / 2 = v - max_value / 2: the first layer's weights are doubled to give A = sum q_w u
     x = g.node("Sub", g.node("Cast", "input", to=TensorProto.FLOAT), g.const(model.max_value / 2))
     in_flip, in_max = None, int(model.max_value)
@@ -142,7 +141,7 @@ def build(model) -> bytes:
             x = g.node("Flatten", x, axis=1)
             x = g.node("Add", g.node("MatMul", x, g.const(weights.T)), g.const(bias))
             shape = (1, -1)
-        if layer.scale is not None:  # scores: s A * scale + shift, in float64 as the engine
+        if layer.scale is not None:  # scores: A * scale + shift, in float64 as the engine
             x = g.node("Add", g.node("Mul", g.node("Cast", x, to=TensorProto.DOUBLE),
                                      g.const(layer.scale.reshape(shape), np.float64)),
                        g.const(layer.shift.reshape(shape), np.float64))
@@ -152,10 +151,10 @@ def build(model) -> bytes:
             x = _hidden(g, x, bias, t1, t2, shape)
         if layer.flip is not None:
             in_flip, in_max = layer.flip.astype(np.float32), int(np.abs(spec["output"]["codes"]).max())
-    return _model_bytes(g, x, model)
+    return _model_bytes(g, model)
 
 
-def _model_bytes(g: _Graph, scores: str, model) -> bytes:
+def _model_bytes(g: _Graph, model) -> bytes:
     from onnx import TensorProto, helper
 
     g.nodes[-1].output[0] = "scores"
