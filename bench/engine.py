@@ -19,7 +19,9 @@ Every onnxruntime session here, the engine's included, lets idle threads sleep i
 spin: a spinning pool would take the cores from the runtime timed next.
 at batch 1 and batch 1000, with 1 and 2 threads, interleaved: 7 rounds, each timing every
 runtime over about 50 ms of calls; medians.  Printed: samples/s per case, whether engine, engine-numpy,
-ort-fp32 and torch-fp32 predict the same class for every sample, and how often ort-int8 does.
+ort-fp32 and torch-fp32 predict the same class for every sample, and how often ort-int8 does;
+then whole processes on the digits test split: `gxnor eval --engine packed`, `gxnor-run` and
+a plain onnxruntime script (wall time, the imports included).
 
     python bench/engine.py            # about 2 minutes on 2 cores
 """
@@ -138,6 +140,37 @@ def measure(name: str, payload: dict, images: np.ndarray, tmp: Path) -> tuple[li
     return rows, same, int8_agree, 8 * packed_weight_bytes(manifest) / weights
 
 
+PLAIN_ORT = """
+import sys, numpy as np, onnxruntime as ort
+x = np.load(sys.argv[2]).astype(np.float32)
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+print(session.run(None, {"input": x})[0].argmax(1).tolist())
+"""
+
+
+def end_to_end(tmp: Path, images: np.ndarray) -> dict[str, float]:
+    """Wall time of whole processes on the digits test split, median of 5, interleaved:
+    `gxnor eval --engine packed` (reads the dataset itself), `gxnor-run` on the split saved as
+    .npy, and a plain onnxruntime script on gxnor's ONNX export and that .npy."""
+    import subprocess
+    import sys
+
+    np.save(tmp / "test.npy", images)
+    (tmp / "plain.py").write_text(PLAIN_ORT)
+    commands = {"gxnor-eval": [sys.executable, "-m", "gxnor_cli", "eval", "--engine", "packed", str(tmp / "digits.gxnor")],
+                "gxnor-run": [sys.executable, "-m", "gxnor_cli.deploy.run", str(tmp / "digits.gxnor"), str(tmp / "test.npy")],
+                "plain-ort": [sys.executable, str(tmp / "plain.py"), str(tmp / "digits.onnx"), str(tmp / "test.npy")]}
+    times = {key: [] for key in commands}
+    for _ in range(5):
+        for key, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, cwd=tmp)
+            times[key].append(time.perf_counter() - start)
+    seconds = {key: statistics.median(t) for key, t in times.items()}
+    print("whole processes on the digits test split: " + "  ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
+    return seconds
+
+
 def main() -> None:
     rows, identical, bits = [], True, []
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,13 +180,17 @@ def main() -> None:
             rows += got
             identical &= same
             bits.append(b)
+            if name == "digits":
+                wall = end_to_end(Path(tmp), images)
             print(f"{name}: engine, engine-numpy, ort-fp32 and torch-fp32 predict the same class for every sample: "
                   f"{same}; ort-int8 agrees with them on {100 * int8_agree:.1f}%; {b:.3f} bits per weight")
     vs_ort = min(r["engine"] / r["ort-fp32"] for r in rows)
     vs_torch = min(r["engine"] / r["torch-fp32"] for r in rows)
     vs_int8 = min(r["engine"] / r["ort-int8"] for r in rows)
     print(f"RESULT engine_vs_ort={vs_ort:.3f} engine_vs_torch={vs_torch:.3f} engine_vs_ort_int8={vs_int8:.3f} "
-          f"identical={int(identical)} bits_per_weight={max(bits):.3f}")
+          f"identical={int(identical)} bits_per_weight={max(bits):.3f} "
+          f"eval_vs_plain_ort_wall={wall['gxnor-eval'] / wall['plain-ort']:.2f} "
+          f"run_vs_plain_ort_wall={wall['gxnor-run'] / wall['plain-ort']:.2f}")
 
 
 if __name__ == "__main__":

@@ -163,9 +163,14 @@ def evaluate_cmd(
     if predictions is not None and (predictions.is_dir() or not predictions.parent.is_dir()):
         fail(f"--predictions {predictions}: give a file in an existing directory")
     source = locate_model(run, Store.of(uri, out_dir), exported=engine == "packed")
-    from .runs import evaluate
+    if engine == "packed":  # numpy (and onnxruntime) only: no torch to import
+        from .deploy.evaluate import evaluate_file
 
-    result = evaluate(source, split, engine, kernel, data_root, batch_size, predictions)
+        result = evaluate_file(source, split, kernel, data_root, batch_size, predictions)
+    else:
+        from .runs import evaluate
+
+        result = evaluate(source, split, data_root, batch_size, predictions)
     if engine == "packed":
         title, cols = (f"packed engine ({result['kernel']} kernel) on the {split} split of {result['data']} ({result['samples']} samples)",
                        ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob",

@@ -10,19 +10,17 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from . import checkpoint
-from .checkpoint import atomic_write
 from .config import DataConfig
-from .data.sources import DATASETS, load_data
-from .data.splits import Dataset
+from .data.sources import load_data
 from .deploy import onnx_graph, packed, qonnx_graph  # noqa: F401  (importing a format registers it)
 from .deploy.engine import PackedModel
+from .deploy.evaluate import check_data_root, is_packed, packed_data, write_predictions
 from .deploy.formats import FORMATS
 from .deploy.fold import export_run, fp32_state_bytes
 from .discrete.layers import summarize
@@ -31,15 +29,6 @@ from .models.measure import evaluate_split, label, predict
 from .models.nets import load_trained
 from .tracking.client import reap_stale, Run
 from .tracking.store import Store, StoreError
-
-
-def is_packed(path) -> bool:
-    """Whether ``path`` is a file in the packed format (by its magic bytes)."""
-    p = Path(path)
-    if not p.is_file():
-        return False
-    with open(p, "rb") as handle:
-        return handle.read(len(packed.MAGIC)) == packed.MAGIC
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -52,19 +41,9 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint.load(path)
 
 
-def write_predictions(path, labels, predictions) -> None:
-    """A CSV of ``index,label,prediction``, one row per sample of the split, written atomically."""
-    rows = "".join(f"{i},{int(y)},{int(p)}\n" for i, (y, p) in enumerate(zip(labels, predictions)))
-    atomic_write(path, lambda handle: handle.write(("index,label,prediction\n" + rows).encode()))
-
-
 # -- gxnor eval -------------------------------------------------------------------------------
-def evaluate(path: Path, split: str = "test", engine: str = "torch", kernel: str = "auto",
-             data_root=None, batch_size: int = 1000, predictions=None) -> dict:
-    """``gxnor eval``: a checkpoint with torch, or an exported file with the packed engine."""
-    if engine == "packed":
-        model = PackedModel.load(Path(path), kernel)
-        return {"export": str(path), **evaluate_packed(model, split, data_root, batch_size, predictions)}
+def evaluate(path: Path, split: str = "test", data_root=None, batch_size: int = 1000, predictions=None) -> dict:
+    """``gxnor eval`` of a checkpoint, with torch (a packed file: :func:`.deploy.evaluate.evaluate_file`)."""
     payload = load_checkpoint(path)
     return {"run": payload.get("run_id") or str(path), **evaluate_run(payload, split, data_root, batch_size,
                                                                       predictions)}
@@ -99,38 +78,8 @@ def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 10
 def data_section(name: str, root: Optional[str], given: Optional[str]) -> DataConfig:
     """The data a trained model is measured on (``given``: --data-root, refused for a dataset
     that has no files)."""
-    if given and DATASETS[name].embedded:
-        raise UserError(f"--data-root means nothing for {name}, which ships inside its package; leave it out")
+    check_data_root(name, given)
     return DataConfig(name, root)
-
-
-def packed_data(manifest: dict, data_root=None) -> Dataset:
-    """The dataset a packed model was trained on, as its manifest records it."""
-    src = manifest.get("source", {})
-    if not src.get("data"):
-        raise UserError("the packed file does not say which dataset it was trained on")
-    return load_data(data_section(src["data"], data_root or src.get("data_root"), data_root),
-                     src.get("val_fraction", 0.1), src.get("seed", 0))
-
-
-def evaluate_packed(model: PackedModel, split: str, data_root=None, batch_size: int = 256,
-                    predictions=None) -> dict:
-    """Accuracy and per-layer events of the packed engine on a split (and each sample's
-    prediction written to the CSV file ``predictions``)."""
-    data = packed_data(model.manifest, data_root)
-    part = data.split(split)
-    start = time.perf_counter()
-    outputs = model.predict(part.images.numpy(), batch_size)
-    seconds = time.perf_counter() - start
-    if predictions is not None:
-        write_predictions(predictions, part.labels.tolist(), outputs.tolist())
-    result = {"engine": "packed", "kernel": model.kernel, "data": data.name, "split": split, "samples": len(part),
-              "acc": float((outputs == part.labels.numpy()).mean()), "samples_per_s": len(part) / seconds}
-    if not model.measure:  # the onnxruntime kernel does not count events
-        return {**result, "layers": []}
-    layers = model.event_table()
-    pairs, opened = sum(l["pairs"] for l in layers[1:]), sum(l["gates_opened"] for l in layers[1:])
-    return {**result, "resting_prob": 1 - opened / pairs if pairs else 0.0, "layers": layers}
 
 
 # -- gxnor export -----------------------------------------------------------------------------
@@ -178,7 +127,7 @@ def packed_summary(model: PackedModel, file_bytes: int, samples: int = 256,
     """Per layer: states, weights, bits per weight at rest and the log2(states) limit, bytes at
     rest, MACs and gated ops per sample measured on ``samples`` test images; totals with the
     compression against fp32 weights."""
-    images = packed_data(model.manifest, data_root).test.images[:samples].numpy()
+    images = packed_data(model.manifest, data_root).test.images[:samples]
     model.reset_events()
     model.predict(images)
     n, version = len(images), model.manifest["version"]

@@ -203,3 +203,25 @@ def test_augment_keeps_shape_and_content_shifts():
         found = any(torch.equal(out[i], cand) for dy in range(5) for dx in range(5)
                     for cand in (padded[i, :, dy:dy + 8, dx:dx + 8], padded[i, :, dy:dy + 8, dx:dx + 8].flip(2)))
         assert found
+
+
+@pytest.mark.parametrize("n, seed", [(1797, 0), (60000, 0), (54000, 3), (10, 5), (2, 1), (1, 0), (0, 0)])
+def test_numpy_randperm_is_torch_randperm(n, seed):
+    """The splits are read without torch: the permutation must be torch's, element for element."""
+    import torch
+
+    from gxnor_cli.data.splits import randperm
+
+    want = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    assert np.array_equal(randperm(n, seed), want)
+
+
+def test_the_arrays_and_the_tensors_hold_the_same_splits():
+    from gxnor_cli.config import DataConfig
+    from gxnor_cli.data.sources import load_data, read_arrays
+
+    arrays, tensors = read_arrays("digits", val_fraction=0.2, seed=4), load_data(DataConfig("digits"), 0.2, 4)
+    for name in ("train", "val", "test"):
+        a, t = arrays.split(name), tensors.split(name)
+        assert isinstance(a.images, np.ndarray) and np.array_equal(a.images, t.images.numpy())
+        assert np.array_equal(a.labels, t.labels.numpy()) and t.labels.dtype == torch.int64

@@ -56,6 +56,17 @@ def test_fast_kernel_gives_the_numpy_kernels_scores_exactly(tmp_path, seed):
     assert np.array_equal(fast.predict(images, 128), predict_torch(model, torch.from_numpy(images), 16.0))
 
 
+def test_the_hand_written_graph_is_valid_onnx(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from gxnor_cli.deploy import compiled
+
+    random_net(tmp_path / "m.gxnor", 2)
+    proto = onnx.load_from_string(compiled.build(PackedModel.load(tmp_path / "m.gxnor", "gemm")))
+    onnx.checker.check_model(proto, full_check=True)  # shapes inferred through every node
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["N", 1, 8, 8] and proto.graph.output[0].name == "scores" and proto.opset_import[0].version == 17
+
+
 def test_a_model_the_fast_kernel_cannot_hold_exactly_runs_on_numpy(tmp_path):
     random_net(tmp_path / "m.gxnor", 0, max_value=1000.0)  # inputs beyond uint8
     assert PackedModel.load(tmp_path / "m.gxnor").kernel == "gemm"
@@ -83,7 +94,7 @@ def test_gxnor_run_predicts_without_the_training_stack(tmp_path):
     np.save(tmp_path / "x.npy", images)
     np.save(tmp_path / "flat.npy", images[:, 0])  # N x H x W for a one-channel model
     want = predict_torch(model, torch.from_numpy(images), 16.0)
-    done = gxnor_run(tmp_path / "m.gxnor", tmp_path / "x.npy", block=("torch", "mlflow", "hydra", "typer"))
+    done = gxnor_run(tmp_path / "m.gxnor", tmp_path / "x.npy", block=("torch", "mlflow", "hydra", "typer", "onnx"))
     assert done.returncode == 0, done.stderr
     assert [int(line) for line in done.stdout.split()] == want.tolist()
     assert "50 samples in" in done.stderr and "imported: \n" in done.stderr + "\n"
@@ -124,3 +135,20 @@ def test_gxnor_run_refuses_a_file_that_is_not_a_model(tmp_path):
     (tmp_path / "m.gxnor").write_bytes(b"\x00" * 64)
     done = gxnor_run(tmp_path / "m.gxnor", tmp_path / "x.npy")
     assert done.returncode == 2 and "not a gxnor packed model" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_gxnor_eval_of_a_packed_file_imports_no_torch(tmp_path):
+    import json
+
+    from gxnor_cli.data.sources import read_arrays
+
+    random_net(tmp_path / "m.gxnor", 5)
+    code = ("import runpy, sys\nfor name in ('torch', 'mlflow', 'hydra'): sys.modules[name] = None\n"
+            "sys.argv = ['gxnor', 'eval', '--engine', 'packed', sys.argv[1], '--json']\n"
+            "runpy.run_module('gxnor_cli', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.gxnor")], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result, test = json.loads(done.stdout), read_arrays("digits").test
+    want = PackedModel.load(tmp_path / "m.gxnor").predict(test.images)
+    assert result["samples"] == len(test) == 359 and result["acc"] == float((want == test.labels).mean())

@@ -10,7 +10,8 @@ Formats read (each from its standard files in ``data.root``):
 
 Missing files are downloaded when ``data.download=true`` (checksums verified, written
 atomically); otherwise, and for corrupt files, a :class:`DataError` names what was
-expected and where.  torch is imported where data is read, so the names load without it.
+expected and where.  Everything here is numpy: :func:`read_arrays` gives the splits as
+arrays (what the packed engine needs), :func:`load_data` the same as torch tensors.
 
 A dataset is one decorated reader: ``@source("name")`` on a function
 ``read(roots, download) -> (train Split, test Split)``.
@@ -33,7 +34,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..registry import Registry
-from .splits import DataError, Dataset, Split
+from .splits import DataError, Dataset, Split, randperm
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -135,8 +136,6 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def load_idx(name: str, roots: list[Path]) -> tuple[Split, Split]:
-    import torch
-
     for root in roots:
         paths = [_find(root, f) for f in IDX_FILES]
         if all(paths):
@@ -148,7 +147,7 @@ def load_idx(name: str, roots: list[Path]) -> tuple[Split, Split]:
     for images, labels, path in ((arrays[0], arrays[1], paths[0]), (arrays[2], arrays[3], paths[2])):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"corrupt IDX pair at {path}: {images.shape} images for {labels.shape} labels")
-        splits.append(Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))))
+        splits.append(_split(images[:, None], labels))
     return splits[0], splits[1]
 
 
@@ -204,9 +203,7 @@ def load_cifar10(roots: list[Path]) -> tuple[Split, Split]:
 
 
 def _split(images: np.ndarray, labels: np.ndarray) -> Split:
-    import torch
-
-    return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64)))
+    return Split(np.require(images, requirements="CW"), labels.astype(np.int64))  # C order, writable
 
 
 def load_svhn(roots: list[Path]) -> tuple[Split, Split]:
@@ -231,12 +228,10 @@ def load_svhn(roots: list[Path]) -> tuple[Split, Split]:
 
 
 def load_digits_splits() -> tuple[Split, Split]:
-    """scikit-learn's digits with a fixed 20% test split (seed 0).
+    """scikit-learn's digits with a fixed 20% test split: the rows ``randperm(1797, 0)[:359]``.
 
     Read straight from the CSV that scikit-learn ships (importing sklearn costs seconds).
     """
-    import torch
-
     import importlib.util
 
     spec = importlib.util.find_spec("sklearn")
@@ -247,11 +242,10 @@ def load_digits_splits() -> tuple[Split, Split]:
         table = np.loadtxt(path, delimiter=",", dtype=np.float32)
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read scikit-learn's digits at {path}: {err}") from None
-    images = torch.from_numpy(table[:, :64].astype(np.uint8)).reshape(-1, 1, 8, 8)
-    labels = torch.from_numpy(table[:, 64].astype(np.int64))
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    n_test = len(labels) // 5
-    return Split(images[order[n_test:]], labels[order[n_test:]]), Split(images[order[:n_test]], labels[order[:n_test]])
+    everything = _split(table[:, :64].astype(np.uint8).reshape(-1, 1, 8, 8), table[:, 64])
+    order = randperm(len(everything), 0)
+    n_test = len(everything) // 5
+    return everything.subset(order[n_test:]), everything.subset(order[:n_test])
 
 
 # -- the registry ---------------------------------------------------------------------
@@ -317,21 +311,27 @@ def data_roots(name: str, root: Optional[str]) -> list[Path]:
     return [Path("data") / name] + ([fallback] if fallback else [])
 
 
-def load_data(section, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
-    """Read the dataset a ``data`` config section names (its files from ``section.root``,
-    downloaded when ``section.download``) and carve a seeded validation split of
-    ``val_fraction`` from its training part; ``section.limit`` keeps the first N of the rest."""
-    import torch
-
+def read_arrays(name: str, root: Optional[str] = None, download: bool = False, limit: Optional[int] = None,
+                val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """The dataset ``name`` as numpy arrays (its files from ``root``, downloaded when
+    ``download``), with a validation split of ``val_fraction`` carved from its training part
+    by ``randperm(len(train), seed)``; ``limit`` keeps the first N of the rest."""
     try:
-        found = DATASETS[section.name]
+        found = DATASETS[name]
     except ValueError as err:
         raise DataError(str(err)) from None
-    train, test = found.read(data_roots(section.name, section.root), section.download)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    train, test = found.read(data_roots(name, root), download)
+    order = randperm(len(train), seed)
     n_val = max(1, int(round(len(train) * val_fraction)))
     val, rest = train.subset(order[:n_val]), train.subset(order[n_val:])
-    if section.limit is not None:
-        rest = rest.subset(torch.arange(min(section.limit, len(rest))))
-    num_classes = int(max(train.labels.max(), test.labels.max()).item()) + 1
-    return Dataset(section.name, rest, val, test, found.max_value, num_classes)
+    if limit is not None:
+        rest = rest.subset(np.arange(min(limit, len(rest))))
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    return Dataset(name, rest, val, test, found.max_value, num_classes)
+
+
+def load_data(section, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """:func:`read_arrays` for a ``data`` config section, as torch tensors (for training)."""
+    arrays = read_arrays(section.name, section.root, section.download, section.limit, val_fraction, seed)
+    return Dataset(arrays.name, arrays.train.tensors(), arrays.val.tensors(), arrays.test.tensors(),
+                   arrays.max_value, arrays.num_classes)

@@ -1,13 +1,16 @@
 """A dataset in memory: uint8 images split into train / val / test, and batches in [-1, 1].
 
 Inputs are scaled to [-1, 1]: x = 2 v / v_max - 1 (v_max: 255, or 16 for the 8x8 digits).
-torch is imported where batches are made.
+Splits are read as numpy arrays and become torch tensors for training; torch is imported
+where that happens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Optional
+
+import numpy as np
 
 from ..errors import UserError
 
@@ -19,9 +22,24 @@ class DataError(UserError):
     """Dataset files missing, unreadable or corrupt."""
 
 
+def randperm(n: int, seed: int) -> np.ndarray:
+    """The permutation ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))``
+    gives, computed with numpy: a Fisher-Yates shuffle, position i swapped with
+    i + r_i mod (n - i), r_i the i-th 32-bit output of MT19937 seeded with ``seed`` (numpy's
+    ``RandomState(seed)``).  So the splits are the same with or without torch."""
+    draws = np.random.RandomState(seed).randint(0, 2**32, size=max(n - 1, 0), dtype=np.uint32).astype(np.int64)
+    offsets = draws % (n - np.arange(max(n - 1, 0)))
+    order = np.arange(n)
+    for i, step in enumerate(offsets.tolist()):
+        j = i + step
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
 @dataclass
 class Split:
-    """Images (uint8, N x C x H x W) and integer labels."""
+    """Images (uint8, N x C x H x W) and integer labels: numpy arrays, or torch tensors once
+    :meth:`tensors` has made them."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -29,8 +47,13 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: torch.Tensor) -> "Split":
+    def subset(self, index) -> "Split":
         return Split(self.images[index], self.labels[index])
+
+    def tensors(self) -> "Split":
+        import torch
+
+        return Split(torch.as_tensor(self.images), torch.as_tensor(self.labels))
 
     def to(self, device) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))

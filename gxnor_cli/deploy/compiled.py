@@ -23,13 +23,15 @@ the same net is what the packed form already folded:
 Thresholds the accumulators cannot reach (the format's +-(2^31 - 1), "never" and "always")
 are clamped to the reach R = max over channels of sum |q_w| max|q_x| first.  A model whose reach does
 not fit (4 R + 4 >= 2^22) is not compiled: :func:`build` raises :class:`NotCompilable` and
-the engine keeps its numpy kernels.  Needs ``onnx`` (to build the graph) and
-``onnxruntime`` (to run it): ``pip install 'gxnor[runtime]'``.
+the engine keeps its numpy kernels.  The graph is written by :mod:`.onnx_proto` (no ``onnx``
+package needed); it runs on ``onnxruntime``: ``pip install 'gxnor[runtime]'``.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from . import onnx_proto
 
 LIMIT = 1 << 22  # 4 R + 4 below this: every value on the way is an exact float32 integer
 #: onnxruntime rewrites that would fold the factor m into the weights: products no longer integers
@@ -42,19 +44,16 @@ class NotCompilable(ValueError):
 
 
 def available() -> bool:
-    """Whether onnx and onnxruntime are installed."""
+    """Whether onnxruntime is installed."""
     import importlib.util
 
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 class _Graph:
-    """Nodes and float constants under generated names."""
+    """Nodes and constants under generated names, encoded as they are made."""
 
     def __init__(self):
-        from onnx import helper, numpy_helper
-
-        self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes, self.inits, self.count = [], [], 0
 
     def _name(self, prefix: str) -> str:
@@ -63,12 +62,12 @@ class _Graph:
 
     def const(self, array, dtype=np.float32) -> str:
         name = self._name("c")
-        self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(array, dtype=dtype), name))
+        self.inits.append(onnx_proto.tensor(name, np.asarray(array, dtype=dtype)))
         return name
 
     def node(self, op: str, *inputs: str, **attrs) -> str:
         out = self._name("t")
-        self.nodes.append(self.helper.make_node(op, list(inputs), [out], **attrs))
+        self.nodes.append((op, inputs, out, attrs))
         return out
 
 
@@ -104,13 +103,11 @@ def _hidden(g: _Graph, acc: str, bias: np.ndarray, t1: np.ndarray, t2: np.ndarra
 def build(model) -> bytes:
     """The ONNX graph (serialized) of a :class:`~.engine.PackedModel`: input ``input`` uint8
     N x C x H x W raw values, output ``scores`` float64 N x classes, equal to ``model.scores``."""
-    from onnx import TensorProto
-
     if model.max_value > 255:
         raise NotCompilable("the compiled graph takes uint8 inputs")
     g = _Graph()
     # u / 2 = v - max_value / 2: the first layer's weights are doubled to give A = sum q_w u
-    x = g.node("Sub", g.node("Cast", "input", to=TensorProto.FLOAT), g.const(model.max_value / 2))
+    x = g.node("Sub", g.node("Cast", "input", to=onnx_proto.FLOAT), g.const(model.max_value / 2))
     in_flip, in_max = None, int(model.max_value)
     for layer in model.layers:
         spec, reach = layer.spec, _reach(layer, in_max)
@@ -142,7 +139,7 @@ def build(model) -> bytes:
             x = g.node("Add", g.node("MatMul", x, g.const(weights.T)), g.const(bias))
             shape = (1, -1)
         if layer.scale is not None:  # scores: A * scale + shift, in float64 as the engine
-            x = g.node("Add", g.node("Mul", g.node("Cast", x, to=TensorProto.DOUBLE),
+            x = g.node("Add", g.node("Mul", g.node("Cast", x, to=onnx_proto.DOUBLE),
                                      g.const(layer.scale.reshape(shape), np.float64)),
                        g.const(layer.shift.reshape(shape), np.float64))
         elif binary:
@@ -155,14 +152,11 @@ def build(model) -> bytes:
 
 
 def _model_bytes(g: _Graph, model) -> bytes:
-    from onnx import TensorProto, helper
-
-    g.nodes[-1].output[0] = "scores"
-    graph = helper.make_graph(
-        g.nodes, "gxnor-packed",
-        [helper.make_tensor_value_info("input", TensorProto.UINT8, ["N", *model.in_shape])],
-        [helper.make_tensor_value_info("scores", TensorProto.DOUBLE, ["N", model.manifest["classes"]])], g.inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="gxnor").SerializeToString()
+    *body, (op, inputs, _, attrs) = g.nodes
+    nodes = [onnx_proto.node(o, i, [out], **a) for o, i, out, a in body] + [onnx_proto.node(op, inputs, ["scores"], **attrs)]
+    return onnx_proto.model(
+        nodes, g.inits, [onnx_proto.value_info("input", onnx_proto.UINT8, ["N", *model.in_shape])],
+        [onnx_proto.value_info("scores", onnx_proto.DOUBLE, ["N", model.manifest["classes"]])], "gxnor-packed")
 
 
 class Session:

@@ -17,8 +17,8 @@ Along the input axis, in 64-bit words,
 
 Other layers (more states, or the first layer on real inputs) take the gemm path in both.
 
-``onnxruntime`` (the fast kernel; ``auto``, the default, picks it when onnx and onnxruntime
-are installed, else ``gemm``): the same integer arithmetic compiled to one onnxruntime graph
+``onnxruntime`` (the fast kernel; ``auto``, the default, picks it when onnxruntime
+is installed, else ``gemm``): the same integer arithmetic compiled to one onnxruntime graph
 (:mod:`.compiled`).  It does not count events: a model measures (``measure = True``, the
 default of the numpy kernels) through the ``gemm`` kernel.
 BatchNorm and phi are integer thresholds (see :mod:`.fold`); the last
@@ -113,7 +113,7 @@ class PackedModel:
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
         if kernel == "onnxruntime" and not compiled.available():
-            raise packed.PackedError("the onnxruntime kernel needs onnx and onnxruntime: pip install 'gxnor[runtime]'")
+            raise packed.PackedError("the onnxruntime kernel needs onnxruntime: pip install 'gxnor[runtime]'")
         self.manifest, self.kernel = manifest, kernel
         self.in_shape = tuple(manifest["input"]["shape"])
         self.threads = 1  # batches run in this many threads when not measuring
