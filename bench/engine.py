@@ -18,12 +18,13 @@ Each is exported (packed, and gxnor's ONNX float graph) and run by
 Every onnxruntime session here, the engine's included, lets idle threads sleep instead of
 spin: a spinning pool would take the cores from the runtime timed next.
 at batch 1 and batch 1000, with 1 and 2 threads, interleaved: 7 rounds, each timing every
-runtime over about 50 ms of calls; medians.  Printed: samples/s per case, whether engine, engine-numpy,
+runtime over about 50 ms of calls after a 0.3 s pause (numpy's BLAS and torch's OpenMP
+threads spin for a while after a call and would slow whichever runtime came next); medians.  Printed: samples/s per case, whether engine, engine-numpy,
 ort-fp32 and torch-fp32 predict the same class for every sample, and how often ort-int8 does;
 then whole processes on the digits test split: `gxnor eval --engine packed`, `gxnor-run` and
 a plain onnxruntime script (wall time, the imports included).
 
-    python bench/engine.py            # about 2 minutes on 2 cores
+    python bench/engine.py            # about 3 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from gxnor_cli.training.loop import Trainer
 from gxnor_cli.training.run import prepare
 
 ROUNDS, CALL_S = 7, 0.05  # rounds, interleaved; each times one runtime over >= 50 ms of calls
+REST_S = 0.3  # pause before each timing: thread pools that spin after a call must not steal the cores
 BATCHES, THREADS = (1, 1000), (1, 2)
 
 
@@ -122,6 +124,7 @@ def measure(name: str, payload: dict, images: np.ndarray, tmp: Path) -> tuple[li
             times = {key: [] for key in runs}
             for _ in range(ROUNDS):
                 for key, fn in runs.items():
+                    time.sleep(REST_S)  # the last runtime's spinning threads (BLAS, OpenMP) go idle
                     start = time.perf_counter()
                     for _ in range(inner):
                         fn()
