@@ -141,6 +141,29 @@ def test_a_requeued_trial_resumes_its_own_child(slurm, tmp_path, mlflow_template
     assert history(runs, kid.info.run_id) == list(range(1, 41))
 
 
+def test_a_rerun_after_the_submitter_died_follows_the_jobs_it_left(slurm, tmp_path, mlflow_template):
+    """The submitting process killed (kill -9, a login node rebooted) while one trial runs and
+    one waits in the queue; the same command run again waits for the running one and follows
+    the queued one instead of submitting it again: one child per point, each from the first
+    submission's array task, each trained once."""
+    runs = store_copy(mlflow_template, tmp_path)
+    grid = ["quant.window=0.3,0.6", *LONG, "trainer.epochs=6", "launcher.array_parallelism=1"]
+    first = sweep(tmp_path, slurm, *grid)
+    wait_for(lambda: any(history(runs, k.info.run_id) for k in children(runs)), 300, "a first epoch")
+    first.kill()  # SIGKILL: no handler runs, the jobs stay in the queue
+    first.communicate(timeout=30)
+    queued = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, env=slurm).stdout.split()
+    assert len(queued) == 2, queued
+    again = sweep(tmp_path, slurm, *grid)
+    _, err = again.communicate(timeout=900)
+    assert again.returncode == 0, err
+    kids = children(runs)
+    assert sorted(k.info.run_name for k in kids) == ["w3a3-r0.3-adam-s0", "w3a3-r0.6-adam-s0"]
+    assert {k.info.status for k in kids} == {"FINISHED"}
+    assert sorted(k.data.tags["gxnor.job"] for k in kids) == sorted(f"slurm:{j}" for j in queued)
+    assert all(history(runs, k.info.run_id) == list(range(1, 7)) for k in kids)
+
+
 def test_a_cancelled_trial_ends_killed_and_the_sweep_ends(slurm, tmp_path, mlflow_template):
     """`scancel` on a cluster without accounting (sacct fails): the sweep sees the job leave
     the queue, ends the trial KILLED, "cancelled by the scheduler", and exits 1."""

@@ -11,18 +11,25 @@ signals a timeout or preemption, submitit asks the trial for its checkpoint and 
 it; the requeued trial resumes its own child run from that run's ``last.pt`` (written
 every epoch, under ``trainer.out_dir``, which must be shared by the nodes).
 
+A sweep whose submitting process died (kill -9, a login node rebooted) and is run again
+follows the jobs the first submission left in the queue (recorded in
+``<trainer.out_dir>/sweeps/<parent run id>.jobs.json``) instead of submitting their points
+again: each point trains once.
+
 The device is not checked on the submitting host (a login node need not have a GPU):
 each trial checks ``trainer.device`` where it runs, and fails alone if there is none.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ...checkpoint import atomic_write
 from ...errors import UserError
 from ...interrupt import stop_requested
 from ..grid import Point
@@ -123,22 +130,18 @@ class SubmititLauncher:
         return executor
 
     def run(self, points: list[Point], parent_id: str, update: Update, on_lost: Lost) -> None:
-        import submitit
-
         pending = [p for p in points if p.status == "PENDING"]
         if not pending:
             return
-        executor = self.executor(Path(pending[0].cfg.trainer.out_dir).resolve())
-        try:
-            with executor.batch():
-                jobs = [executor.submit(Trial(), p, parent_id, self.settings.cpus_per_task) for p in pending]
-        except (FileNotFoundError, submitit.core.utils.FailedJobError) as err:
-            raise UserError(f"cannot submit the sweep with --launcher {self.name}: {short_error(err)} "
-                            f"(is this a SLURM login node?)") from None
-        for point, job in zip(pending, jobs):
-            point.status, point.progress = "SUBMITTED", f"job {job.job_id}"
+        out_dir = Path(pending[0].cfg.trainer.out_dir).resolve()
+        executor = self.executor(out_dir)
+        ledger = out_dir / "sweeps" / f"{parent_id}.jobs.json"
+        waiting = self._follow(pending, ledger, executor.folder) if self.cluster == "slurm" else {}
+        fresh = [p for p in pending if all(p is not q for q in waiting.values())]
+        waiting.update(self._submit(executor, fresh, parent_id))
+        atomic_write(ledger, lambda handle: handle.write(json.dumps(
+            {point.key: job.job_id for job, point in waiting.items()}, indent=1).encode()))
         update(points)
-        waiting = dict(zip(jobs, pending))
         gone: dict[str, float] = {}  # job id -> when it was first missed in the queue
         try:
             while waiting:
@@ -163,6 +166,44 @@ class SubmititLauncher:
                 on_lost(point, "KILLED", "the sweep was stopped")
             update(points)
             raise
+
+    def _submit(self, executor, points: list[Point], parent_id: str) -> dict:
+        """One job array for ``points``: {job: point}."""
+        import submitit
+
+        if not points:
+            return {}
+        try:
+            with executor.batch():
+                jobs = [executor.submit(Trial(), p, parent_id, self.settings.cpus_per_task) for p in points]
+        except (FileNotFoundError, submitit.core.utils.FailedJobError) as err:
+            raise UserError(f"cannot submit the sweep with --launcher {self.name}: {short_error(err)} "
+                            f"(is this a SLURM login node?)") from None
+        for point, job in zip(points, jobs):
+            point.status, point.progress = "SUBMITTED", f"job {job.job_id}"
+        return dict(zip(jobs, points))
+
+    @staticmethod
+    def _follow(points: list[Point], ledger: Path, folder: Path) -> dict:
+        """The jobs an earlier submission of this sweep left in the queue (its submitter died):
+        {job: point} for each point whose recorded job is still there, followed rather than
+        submitted again, so that no point trains twice."""
+        import submitit
+
+        try:
+            recorded = json.loads(ledger.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(recorded, dict):
+            return {}
+        queue = queue_states() if recorded else {}
+        followed = {}
+        for point in points:
+            job_id = recorded.get(point.key)
+            if isinstance(job_id, str) and job_id in queue:
+                followed[submitit.SlurmJob(folder=folder, job_id=job_id)] = point
+                point.status, point.progress = "SUBMITTED", f"job {job_id} (submitted before, still queued)"
+        return followed
 
     def _left_queue(self, job, point: Point, queue: dict, gone: dict, on_lost: Lost) -> bool:
         """Follow a job through squeue (which works without accounting): show a pending job's
