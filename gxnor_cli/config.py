@@ -50,8 +50,8 @@ def _require(ok: bool, message: str) -> None:
 
 def key(default: Any, meaning: str) -> Any:
     """A schema field: its default and the one-line meaning ``--help`` shows."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": meaning})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": meaning})
     return field(default=default, metadata={"help": meaning})
 
 
@@ -84,6 +84,10 @@ class ModelConfig:
     width: float = key(1.0, "multiplies the units of every hidden layer (rounded; not the class count)")
     init_from: Optional[str] = key(None, "run id or checkpoint of a trained net of the same shape to start "
                                          "from (states: Proj(w / (1.4 mean|w|)) per layer)")
+    target: Optional[str] = key(None, "your own network: a factory, module.function (also spelled "
+                                      "model._target_), whose nn.Module gxnor discretizes; model.arch is then unused")
+    args: dict[str, Any] = key({}, "keyword arguments of model.target (with model._target_ on the command line, "
+                                   "model.NAME=value is model.args.NAME=value)")
 
     def __post_init__(self):
         _require(self.width > 0, f"model.width must be > 0; got {self.width}")
@@ -93,6 +97,10 @@ class ModelConfig:
                  f"model.dense_init_scale must be > 0; got {self.dense_init_scale}")
         _require(0 < self.bn_momentum <= 1, f"model.bn_momentum must be in (0, 1]; got {self.bn_momentum}")
         _require(self.bn_eps > 0, f"model.bn_eps must be > 0; got {self.bn_eps}")
+        _require(self.target is None or re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", self.target) is not None,
+                 f"model.target must be a dotted path module.function; got {self.target!r}")
+        _require(not self.args or self.target is not None,
+                 f"model.args {sorted(self.args)} are keyword arguments of model.target, which is not set")
 
 
 @dataclass(frozen=True)
@@ -364,10 +372,26 @@ def parse_overrides(overrides: list[str], config_dir: Path, allow_sweep: bool = 
                     raise ConfigError(f"unknown {name} option {value!r}; available: {', '.join(options)}")
         else:
             section, _, leaf = name.partition(".")
-            if section not in GROUPS or "." in leaf or leaf not in field_names(section):
+            if name.startswith("model.args.") and name.count(".") == 2 and name[len("model.args."):].isidentifier():
+                pass  # a keyword argument of model.target
+            elif section not in GROUPS or "." in leaf or leaf not in field_names(section):
                 raise ConfigError(f"unknown config key {name!r}" + _hint(section))
         parsed.append(override)
     return parsed
+
+
+def factory_overrides(overrides: list[str]) -> list[str]:
+    """Hydra's spelling of an own network, ``model._target_=pkg.build model.depth=20``, as the
+    schema's: ``model.target=...`` and, once a target is given on the command line, every other
+    ``model.NAME=value`` as ``model.args.NAME=value`` (the layer-notation keys mean nothing to
+    an own network)."""
+    out = [("model.target=" + o.split("=", 1)[1]) if o.startswith("model._target_=") else o for o in overrides]
+    if not any(o.startswith("model.target=") for o in out):
+        return out
+    own = {"target", "args"}
+    return [f"model.args.{o[len('model.'):]}" if o.startswith("model.") and "=" in o
+            and o[len("model."):].split("=", 1)[0] not in own and "." not in o.split("=", 1)[0][len("model."):]
+            else o for o in out]
 
 
 def key_named(word: str) -> Optional[str]:
@@ -409,6 +433,7 @@ def compose(overrides: list[str], config_dir: Optional[Path] = None) -> Config:
     config_dir = Path(config_dir).resolve() if config_dir else default_config_dir()
     if not (config_dir / "config.yaml").is_file():
         raise ConfigError(f"no config.yaml in config dir {config_dir}")
+    overrides = factory_overrides(overrides)
     parsed = parse_overrides(overrides, config_dir)
     groups = [text for text, o in zip(overrides, parsed) if o.key_or_group in SELECTABLE]
     keys = [o for o in parsed if o.key_or_group not in SELECTABLE]
@@ -480,8 +505,16 @@ def flatten(cfg: Config) -> dict[str, Any]:
     """{'quant.window': 0.5, ...}: the config as dotted keys (MLflow params); of the dst keys,
     only those its rule reads."""
     read = dst_keys_read(cfg.dst)
-    return {f"{section}.{name}": value for section, values in cfg.to_dict().items() for name, value in values.items()
-            if section != "dst" or name in read}
+    flat = {}
+    for section, values in cfg.to_dict().items():
+        for name, value in values.items():
+            if section == "dst" and name not in read:
+                continue
+            if isinstance(value, dict):  # model.args: one param per keyword argument
+                flat.update({f"{section}.{name}.{k}": v for k, v in value.items()})
+            else:
+                flat[f"{section}.{name}"] = value
+    return flat
 
 
 def from_dict(data: dict[str, Any]) -> Config:

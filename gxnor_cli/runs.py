@@ -69,7 +69,7 @@ def evaluate_run(payload: dict, split: str, data_root=None, batch_size: int = 10
                         **packed.layer_size(row["states"], row["weights"])}
     for key, value in metrics.items():
         if "." in key:
-            name, metric = key.split(".", 1)
+            name, metric = key.rsplit(".", 1)
             layers.setdefault(name, {"layer": name})[metric] = value
     return {"data": cfg.data.name, "split": split, "samples": len(data.split(split)), "acc": metrics["acc"],
             **{k: v for k, v in metrics.items() if "." not in k and k != "acc"}, "layers": list(layers.values())}

@@ -154,9 +154,18 @@ def source_info(payload: dict, cfg) -> dict:
             "val_acc": payload.get("val_acc")}
 
 
+def check_exportable(cfg) -> None:
+    """Refuse, in one line, a network the exporters cannot express: so far they take the nets
+    of the layer notation (model.arch), block by block."""
+    if cfg.model.target:
+        raise UserError(f"this run's network is your own (model.target={cfg.model.target}); the packed, ONNX and "
+                        f"QONNX exports take layer-notation nets (model.arch) only so far: use its checkpoint")
+
+
 def export_run(payload: dict, out: Path, version: int = packed.VERSION) -> tuple[dict, nn.Module]:
     """Export a checkpoint payload to ``out``; returns (manifest, torch model)."""
     cfg, model = load_trained(payload)
+    check_exportable(cfg)
     manifest = export_packed(model, payload["in_shape"], payload["num_classes"], payload["max_value"],
                              source_info(payload, cfg), out, version)
     return manifest, model

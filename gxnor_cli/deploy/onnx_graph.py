@@ -22,7 +22,7 @@ from ..discrete.activation import MultiStep
 from ..discrete.layers import DiscreteConv2d, DiscreteLayer
 from ..errors import UserError
 from ..models.nets import load_trained
-from .fold import bn_affine
+from .fold import bn_affine, check_exportable
 from .formats import export_format
 
 OPSET = 17
@@ -89,6 +89,7 @@ def export_onnx(payload: dict, path: Path) -> int:
     """Write the checkpoint ``payload`` as an ONNX model; returns the file size."""
     require_onnx("onnx")
     cfg, model = load_trained(payload)
+    check_exportable(cfg)
     g = GraphBuilder()
     const, node = g.const, g.node
 

@@ -188,28 +188,44 @@ class DiscreteLinear(DiscreteLayer):
 
 
 class DiscreteConv2d(DiscreteLayer):
-    """2-D convolution (stride 1) with weights in the space of ``states`` (no bias)."""
+    """2-D convolution (square kernel, zero padding, a stride) with weights in the space of
+    ``states`` (no bias)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, states: int,
-                 padding: int = 0, **kw):
+                 padding: int = 0, stride: int = 1, **kw):
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.padding = kernel_size, padding
+        self.kernel_size, self.padding, self.stride = kernel_size, padding, stride
         super().__init__(states, (out_channels, in_channels, kernel_size, kernel_size), **kw)
 
     def apply_rows(self, x, rows, w):
-        return F.conv2d(x, w, padding=self.padding)
+        return F.conv2d(x, w, padding=self.padding, stride=self.stride)
 
     def add_input_grad(self, acc, x, g, w):
-        part = torch.nn.grad.conv2d_input(x.shape, w, g, padding=self.padding)
+        part = torch.nn.grad.conv2d_input(x.shape, w, g, padding=self.padding, stride=self.stride)
         return part if acc is None else acc.add_(part)
 
     def weight_grad_rows(self, x, g, rows):
         shape = (g.shape[1],) + tuple(self.state.shape[1:])
-        return torch.nn.grad.conv2d_weight(x, shape, g, padding=self.padding)
+        return torch.nn.grad.conv2d_weight(x, shape, g, padding=self.padding, stride=self.stride)
 
     def extra_repr(self) -> str:
         k = self.kernel_size
-        return f"{self.in_channels} -> {self.out_channels}, {k}x{k}, pad={self.padding}, {self.space}"
+        stride = f", stride={self.stride}" if self.stride != 1 else ""
+        return f"{self.in_channels} -> {self.out_channels}, {k}x{k}, pad={self.padding}{stride}, {self.space}"
+
+
+class Biased(nn.Module):
+    """A discrete layer followed by a float bias, y = layer(x) + b (per output channel): what a
+    Conv2d or Linear with a bias becomes when an own network is discretized."""
+
+    def __init__(self, layer: DiscreteLayer, bias: torch.Tensor):
+        super().__init__()
+        self.layer = layer
+        self.bias = nn.Parameter(bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer(x)
+        return y + (self.bias.view(1, -1, 1, 1) if y.dim() == 4 else self.bias)
 
 
 def discrete_layers(model: nn.Module) -> list[tuple[str, DiscreteLayer]]:

@@ -28,9 +28,10 @@ from ..discrete.layers import discrete_layers, DiscreteLayer
 
 
 def label(module_name: str) -> str:
-    """Metric prefix of a module: block ``3`` of a gxnor net (``3.weight``, ``3.act``) is ``layer3``."""
-    head = module_name.split(".")[0]
-    return f"layer{head}" if head.isdigit() else module_name
+    """Metric prefix of a module: block ``3`` of a gxnor net (``3.weight``, ``3.act``) is
+    ``layer3``; a module of an own network keeps its name (``3.conv1``, ``layer1.0.short.0``)."""
+    head, _, rest = module_name.partition(".")
+    return f"layer{head}" if head.isdigit() and rest in ("", "weight", "act", "norm", "pool") else module_name
 
 
 def _nonzero_weight(layer: nn.Module) -> torch.Tensor:
@@ -46,9 +47,9 @@ def _open_pairs(layer: nn.Module, x: torch.Tensor) -> tuple[float, float]:
         opened = (nz_x.sum(0) @ nz_w.sum(0)).item()
         total = nz_x.shape[0] * nz_w.numel()
     else:
-        padding = getattr(layer, "padding", 0)
+        padding, stride = getattr(layer, "padding", 0), getattr(layer, "stride", 1)
         padding = padding[0] if isinstance(padding, tuple) else padding
-        out = F.conv2d(nz_x, nz_w, padding=padding)
+        out = F.conv2d(nz_x, nz_w, padding=padding, stride=stride)
         opened = out.sum().item()
         total = out.numel() * math.prod(nz_w.shape[1:])
     return opened, total

@@ -25,6 +25,7 @@ from ..discrete.layers import DiscreteConv2d, DiscreteLayer, DiscreteLinear
 from ..discrete.space import Space
 from ..errors import UserError
 from .grammar import LayerSpec, parse_arch
+from .own import build_own
 
 class Block(nn.Module):
     """weights -> [max-pool] -> BatchNorm -> [phi]; dense blocks flatten their input."""
@@ -110,7 +111,10 @@ def memory_needed(cfg: Config, layers: list[Layer], activations: bool = True) ->
 
 
 def check_fits(cfg: Config, in_shape, num_classes: int, on_cpu: bool) -> None:
-    """Refuse, before anything is allocated, a run this machine cannot hold (both figures)."""
+    """Refuse, before anything is allocated, a run this machine cannot hold (both figures; an
+    own network is checked when its factory builds it)."""
+    if cfg.model.target:
+        return
     need = memory_needed(cfg, plan(cfg.model, in_shape, num_classes), activations=on_cpu)
     have = memory_available()
     if have is not None and need > have:
@@ -188,9 +192,21 @@ def start_from(model: nn.Sequential, source: nn.Sequential) -> None:
         mine.norm.load_state_dict(theirs.norm.state_dict())
 
 
-def model_from_config(cfg: Config, in_shape, num_classes) -> nn.Sequential:
-    """build_model with a Config's model and quant sections and its seed."""
+def model_from_config(cfg: Config, in_shape, num_classes) -> nn.Module:
+    """build_model with a Config's model and quant sections and its seed; an own network
+    (``model.target``) built by its factory and discretized."""
+    if cfg.model.target:
+        return build_own(cfg, in_shape, num_classes)
     return build_model(cfg.model, cfg.quant, in_shape, num_classes, cfg.trainer.seed)
+
+
+def check_model(cfg: Config, in_shape, num_classes: int) -> None:
+    """Refuse, in one line, a model that does not fit the data: the layer notation checked
+    without allocating anything, an own network by building it once."""
+    if cfg.model.target:
+        build_own(cfg, in_shape, num_classes)
+    else:
+        plan(cfg.model, in_shape, num_classes)
 
 
 def load_trained(payload: dict) -> tuple[Config, nn.Sequential]:
@@ -201,10 +217,11 @@ def load_trained(payload: dict) -> tuple[Config, nn.Sequential]:
     try:
         cfg = from_dict(payload["config"])
         check_values(payload)
-        claimed = sum(layer.weights for layer in plan(cfg.model, tuple(payload["in_shape"]), payload["num_classes"]))
-        held = sum(t.numel() for t in payload["model"].values() if isinstance(t, torch.Tensor))
-        if claimed > held:
-            raise CheckpointError(f"its config describes {claimed:,} weights but it holds {held:,} values")
+        if not cfg.model.target:  # an own network's size is known once its factory built it
+            claimed = sum(l.weights for l in plan(cfg.model, tuple(payload["in_shape"]), payload["num_classes"]))
+            held = sum(t.numel() for t in payload["model"].values() if isinstance(t, torch.Tensor))
+            if claimed > held:
+                raise CheckpointError(f"its config describes {claimed:,} weights but it holds {held:,} values")
         model = model_from_config(cfg, tuple(payload["in_shape"]), payload["num_classes"])
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, UserError) as err:

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from ..config import ConfigError
 from ..data.sources import load_data
 from ..errors import UserError
-from ..models.nets import check_fits, plan
+from ..models.nets import check_fits, check_model
 from ..tracking import client, views
 from ..tracking.client import check, child_runs, reap_stale, Run, save_view
 from ..tracking.store import Store
@@ -47,7 +47,7 @@ def check_runnable(points: list[Point], check_device: bool = True) -> None:
             seen[key] = load_data(c.data, c.trainer.val_fraction)
         data = seen[key]
         try:
-            plan(c.model, data.shape, data.num_classes)  # the architecture fits the data (nothing allocated)
+            check_model(c, data.shape, data.num_classes)  # the architecture fits the data
             if check_device:  # trials run here: this machine's memory is theirs (elsewhere, each checks)
                 check_fits(c, data.shape, data.num_classes, resolve_device(c.trainer.device).type == "cpu")
         except UserError as err:

@@ -41,9 +41,9 @@ from .. import checkpoint
 from ..config import Config, rule_settings
 from ..data.splits import batches, Dataset
 from ..discrete.dst import DST
-from ..discrete.layers import discrete_layers
+from ..discrete.layers import Biased, discrete_layers
 from ..errors import RunFailed
-from ..models.measure import evaluate
+from ..models.measure import evaluate, label
 from .group import Group
 from ..interrupt import stop_requested
 
@@ -136,10 +136,13 @@ class Trainer:
         if discrete_layers(model):
             self.dst = DST(model, rule=cfg.dst.rule, lr=cfg.optim.lr, m=cfg.dst.m, seed=cfg.trainer.seed,
                            reduce=group, transition=cfg.dst.transition, **rule_settings(cfg.dst))
-        # discrete layers have no parameters: what is left is BatchNorm and any float weights
+        # discrete layers have no parameters: what is left is BatchNorm (and the biases an own
+        # network's layers kept), at optim.bn_lr, and any float weights
+        affine = {id(p) for m in model.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, Biased))
+                  for p in m.parameters(recurse=False)}
         norm_params, float_params = [], []
-        for name, param in model.named_parameters():
-            (norm_params if ".norm." in name else float_params).append(param)
+        for param in model.parameters():
+            (norm_params if id(param) in affine else float_params).append(param)
         groups = [{"params": norm_params, "lr": cfg.optim.bn_lr, "base_lr": cfg.optim.bn_lr}]
         if float_params:
             groups.append({"params": float_params, "lr": cfg.optim.lr, "base_lr": cfg.optim.lr})
@@ -221,7 +224,7 @@ class Trainer:
             if self.dst is not None:
                 rates = self.dst.transition_rates()
                 for name, rate in rates.items():
-                    metrics[f"layer{name.split('.')[0]}.transition_rate"] = rate
+                    metrics[f"{label(name)}.transition_rate"] = rate
                 n = {name: layer.num_weights for name, layer in self.dst.layers}
                 metrics["transition_rate"] = sum(rates[k] * n[k] for k in rates) / sum(n.values())
             val = evaluate(self.model, self.val_split, self.data.max_value, measure=True)
