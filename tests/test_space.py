@@ -46,3 +46,12 @@ def test_bad_counts_raise_with_allowed_list(bad):
         check_states(bad)
     with pytest.raises(ValueError):
         Space(bad)
+
+
+@pytest.mark.parametrize("states", [2, 3, 5, 9, 17, 129])
+def test_code_of_a_state_value_is_its_code(states):
+    """The discrete layers keep their inputs (an activation's outputs) as int8 codes with
+    code_of, the fast path of to_code for values that are states already."""
+    space = Space(states)
+    values = space.to_value(space.codes()).repeat(3)
+    assert torch.equal(space.code_of(values), space.to_code(values))

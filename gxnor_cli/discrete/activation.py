@@ -126,6 +126,9 @@ class MultiStep(nn.Module):
         steps = self.steps
         if steps.binary:
             return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        if steps.levels == 1:  # ternary: sign(x) [|x| > r], in fewer passes over x
+            out = (x > steps.window).to(x.dtype).sub_((x < -steps.window).to(x.dtype))
+            return out if steps.height == 1 else out.mul_(steps.height)
         count = x.abs().sub_(steps.window).div_(steps.step).ceil_().clamp_(0, steps.levels)
         return count.mul_(steps.height).mul_(torch.sign(x))
 
@@ -135,6 +138,8 @@ class MultiStep(nn.Module):
         With d = |x| - r the covered k are ceil((d - a)/s) .. floor((d + a)/s), within 0..K-1.
         """
         d = x.abs().sub_(self.window)
+        if self.space.max_code == 1:  # one threshold (binary, ternary): the pulse covers |d| <= a
+            return d.abs_().le_(self.width).to(x.dtype)
         lo = (d - self.width).div_(self.step).ceil_().clamp_(min=0)
         hi = d.add_(self.width).div_(self.step).floor_().clamp_(max=self.space.max_code - 1)
         return hi.sub_(lo).add_(1).clamp_(min=0)

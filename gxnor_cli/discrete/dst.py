@@ -84,6 +84,7 @@ class DST:
         name = self.names[id(layer)]
         if self.reduce is not None and self.rule.whole_gradient:  # the statistics of the global batch
             x, grad_out = self.reduce.gather_rows(x), self.reduce.gather_rows(grad_out)
+            layer.step_grad = None  # this rank's gradient alone: not the one to measure
         self.rule.begin(name, layer, x, grad_out)
         self._updates[name] += layer.num_weights
 

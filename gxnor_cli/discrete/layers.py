@@ -39,7 +39,7 @@ class _DiscreteFn(torch.autograd.Function):
     def forward(ctx, x, anchor, layer: "DiscreteLayer"):
         ctx.layer = layer
         # an input known to be discrete is kept as int8 codes for backward, not as floats
-        ctx.save_for_backward(x if layer.input_space is None else layer.input_space.to_code(x))
+        ctx.save_for_backward(x if layer.input_space is None else layer.input_space.code_of(x))
         blocks = layer.row_blocks()
         if len(blocks) == 1:
             return layer.apply_rows(x, blocks[0], layer.weight_rows(blocks[0]))
@@ -58,6 +58,16 @@ class _DiscreteFn(torch.autograd.Function):
         if layer.input_space is not None:
             x = layer.input_space.to_value(x, grad_out.dtype)
         blocks = layer.row_blocks()
+        if len(blocks) == 1 and layer.training_states:  # both gradients at once; dW computed once
+            rows = blocks[0]
+            grad_x, grad_w = layer.both_grads(x, grad_out, layer.weight_rows(rows), ctx.needs_input_grad[0])
+            layer.step_grad = grad_w  # the rule's whole-step statistics read it (grad_sq_norm)
+            try:
+                layer.begin_backward(x, grad_out)
+            finally:
+                layer.step_grad = None
+            layer.deliver(rows, grad_w)
+            return grad_x, None, None
         grad_x = None
         if ctx.needs_input_grad[0]:
             for rows in blocks:
@@ -82,6 +92,7 @@ class DiscreteLayer(nn.Module):
         self.weight_grad: Optional[torch.Tensor] = None
         self.training_states = True  # False freezes the states (no weight gradient computed)
         self.input_space: Optional[Space] = None  # set when inputs are known to be states of a space
+        self.step_grad: Optional[torch.Tensor] = None  # this step's whole dL/dW, while backward has it
         self.reset_states(init_scale, generator)
 
     # -- states ---------------------------------------------------------------
@@ -127,7 +138,10 @@ class DiscreteLayer(nn.Module):
         self.weight_grad[rows] += grad
 
     def grad_sq_norm(self, x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-        """||dL/dW||_F^2 of the whole tensor, without materialising dL/dW at once."""
+        """||dL/dW||_F^2 of the whole tensor, without materialising dL/dW at once (read from
+        ``step_grad`` when backward already has it)."""
+        if self.step_grad is not None:
+            return self.step_grad.square().sum()
         total = torch.zeros((), device=x.device)
         for rows in self.row_blocks():
             total += self.weight_grad_rows(x, grad_out[:, rows], rows).square().sum()
@@ -143,6 +157,11 @@ class DiscreteLayer(nn.Module):
 
     def weight_grad_rows(self, x, g, rows):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def both_grads(self, x, g, w, need_x: bool):
+        """(dL/dx or None, dL/dW) of a layer that is one block."""
+        rows = slice(0, self.state.shape[0])
+        return (self.add_input_grad(None, x, g, w) if need_x else None), self.weight_grad_rows(x, g, rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (torch.is_grad_enabled() and (x.requires_grad or self.training_states)):
@@ -179,7 +198,7 @@ class DiscreteLinear(DiscreteLayer):
 
     def grad_sq_norm(self, x, grad_out):
         """||g^T x||_F^2 = <g g^T, x x^T>: exact and cheap while batch^2 < in*out."""
-        if x.shape[0] ** 2 < self.num_weights:
+        if self.step_grad is None and x.shape[0] ** 2 < self.num_weights:
             return ((grad_out @ grad_out.t()) * (x @ x.t())).sum()
         return super().grad_sq_norm(x, grad_out)
 
@@ -207,6 +226,12 @@ class DiscreteConv2d(DiscreteLayer):
     def weight_grad_rows(self, x, g, rows):
         shape = (g.shape[1],) + tuple(self.state.shape[1:])
         return torch.nn.grad.conv2d_weight(x, shape, g, padding=self.padding, stride=self.stride)
+
+    def both_grads(self, x, g, w, need_x: bool):
+        """One convolution_backward for dL/dx and dL/dW (what autograd does for a float conv)."""
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            g, x, w, None, [self.stride] * 2, [self.padding] * 2, [1, 1], False, [0, 0], 1, [need_x, True, False])
+        return grad_x, grad_w
 
     def extra_repr(self) -> str:
         k = self.kernel_size

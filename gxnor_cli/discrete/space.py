@@ -96,6 +96,15 @@ class Space:
         n = torch.floor((x.float() + 1.0) / self.dz + 0.5).clamp_(0, self.states - 1)
         return (n * self.code_step - self.max_code).to(torch.int8)
 
+    def code_of(self, values: torch.Tensor) -> torch.Tensor:
+        """The codes of values that are states already (a multi-step activation's outputs):
+        round(value / unit), as int8; a cast alone when unit is 1."""
+        import torch
+
+        if self.unit == 1:
+            return values.to(torch.int8)
+        return torch.round(values * (1.0 / self.unit)).to(torch.int8)
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Nearest state value of every element of ``x``."""
         return self.to_value(self.to_code(x))
