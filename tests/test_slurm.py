@@ -141,6 +141,33 @@ def test_a_requeued_trial_resumes_its_own_child(slurm, tmp_path, mlflow_template
     assert history(runs, kid.info.run_id) == list(range(1, 41))
 
 
+def test_preemption_by_usr2_resumes_the_same_child_which_never_shows_failed(slurm, tmp_path, mlflow_template):
+    """SLURM's preemption signal (USR2, as `scancel --signal=USR2` sends it): submitit
+    checkpoints and requeues the trial; while it waits its child is KILLED with a
+    gxnor.waiting tag, never FAILED; it resumes in the same child and ends FINISHED, the tag
+    gone, every epoch logged once."""
+    from mlflow.tracking import MlflowClient
+
+    runs = store_copy(mlflow_template, tmp_path)
+    proc = sweep(tmp_path, slurm, "quant.window=0.3", *LONG, "trainer.epochs=20")
+    wait_for(lambda: any(len(history(runs, k.info.run_id)) >= 3 for k in children(runs)), 300, "three epochs")
+    subprocess.run(["scancel", "--signal=USR2", job_of(slurm)], check=True, env=slurm)
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    seen = set()
+
+    def waiting() -> bool:
+        (kid,) = children(runs)
+        seen.add(client.get_run(kid.info.run_id).info.status)
+        return "gxnor.waiting" in client.get_run(kid.info.run_id).data.tags
+    wait_for(waiting, 120, "the child waiting for its requeue")
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    (kid,) = children(runs)
+    assert kid.info.status == "FINISHED" and "FAILED" not in seen
+    assert "gxnor.waiting" not in kid.data.tags and "gxnor.error" not in kid.data.tags
+    assert history(runs, kid.info.run_id) == list(range(1, 21))
+
+
 def test_a_rerun_after_the_submitter_died_follows_the_jobs_it_left(slurm, tmp_path, mlflow_template):
     """The submitting process killed (kill -9, a login node rebooted) while one trial runs and
     one waits in the queue; the same command run again waits for the running one and follows
