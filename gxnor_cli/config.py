@@ -380,13 +380,18 @@ def parse_overrides(overrides: list[str], config_dir: Path, allow_sweep: bool = 
     return parsed
 
 
-def factory_overrides(overrides: list[str]) -> list[str]:
+def factory_overrides(overrides: list[str], config_dir: Optional[Path] = None) -> list[str]:
     """Hydra's spelling of an own network, ``model._target_=pkg.build model.depth=20``, as the
-    schema's: ``model.target=...`` and, once a target is given on the command line, every other
-    ``model.NAME=value`` as ``model.args.NAME=value`` (the layer-notation keys mean nothing to
-    an own network)."""
+    schema's: ``model.target=...`` and, once a target is given (on the command line, or by the
+    ``model=NAME`` preset chosen), every other ``model.NAME=value`` as ``model.args.NAME=value``
+    (the layer-notation keys mean nothing to an own network)."""
+    import yaml
+
     out = [("model.target=" + o.split("=", 1)[1]) if o.startswith("model._target_=") else o for o in overrides]
-    if not any(o.startswith("model.target=") for o in out):
+    presets = [Path(config_dir) / "model" / f"{o[len('model='):]}.yaml" for o in out
+               if config_dir and o.startswith("model=") and "," not in o]
+    if not any(o.startswith("model.target=") for o in out) and \
+            not any(p.is_file() and "target" in (yaml.safe_load(p.read_text()) or {}) for p in presets):
         return out
     own = {"target", "args"}
     return [f"model.args.{o[len('model.'):]}" if o.startswith("model.") and "=" in o
@@ -433,7 +438,7 @@ def compose(overrides: list[str], config_dir: Optional[Path] = None) -> Config:
     config_dir = Path(config_dir).resolve() if config_dir else default_config_dir()
     if not (config_dir / "config.yaml").is_file():
         raise ConfigError(f"no config.yaml in config dir {config_dir}")
-    overrides = factory_overrides(overrides)
+    overrides = factory_overrides(overrides, config_dir)
     parsed = parse_overrides(overrides, config_dir)
     groups = [text for text, o in zip(overrides, parsed) if o.key_or_group in SELECTABLE]
     keys = [o for o in parsed if o.key_or_group not in SELECTABLE]

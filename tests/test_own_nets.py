@@ -159,3 +159,20 @@ def test_a_strided_discrete_convolution_has_the_gradients_of_a_float_one():
     ref.backward(g)
     assert torch.allclose(y, ref, atol=1e-5) and torch.allclose(x.grad, x2.grad, atol=1e-5)
     assert torch.allclose(layer.weight_grad, w.grad, atol=1e-4)
+
+
+def test_the_resnet_presets_build_for_their_data_and_train(cli, runs_dir):
+    from gxnor_cli.config import load_config
+    from gxnor_cli.models.nets import model_from_config
+
+    cfg = load_config(["model=resnet20", "data=cifar10"])
+    model = model_from_config(cfg, (3, 32, 32), 10)  # in_channels and num_classes come from the data
+    convs = [m for m in model.modules() if isinstance(m, DiscreteConv2d)]
+    assert len(convs) == 19 + 2 and sum(m.stride == 2 for m in convs) == 4  # two stages start strided
+    # 3*16*9 + 6*16*16*9 + (16*32*9 + 5*32*32*9 + 16*32) + (32*64*9 + 5*64*64*9 + 32*64) + 64*10
+    assert sum(m.num_weights for m in convs) + model[-2].num_weights == 270_896
+    code, out, err = cli("train", "model=resnet8", "model.width=8", "trainer.epochs=3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["test_acc"] > 0.5
+    code, _, err = cli("train", "model=resnet8", "model.depth=9")
+    assert code == 2 and "depth must be 6 n + 2" in err

@@ -1,7 +1,9 @@
 """Your own network, discretized: any ``nn.Module`` built from standard layers trains by DST.
 
 ``model.target=pkg.build`` (Hydra's ``model._target_``) names a factory, a function in a
-module on the path or in the working directory; ``model.args`` are its keyword arguments.
+module on the path or in the working directory; ``model.args`` are its keyword arguments
+(``in_channels``, ``in_shape`` and ``num_classes`` come from the data when it takes them and
+they are not set).
 It returns a plain module; :func:`discretize` then swaps, in place:
 
     nn.Conv2d (square kernel, zero padding, a stride, no groups or dilation)
@@ -133,12 +135,28 @@ def discretize(model: nn.Module, quant: Optional[QuantConfig] = None, *, weight_
     return model
 
 
+#: Arguments a factory may take that gxnor fills from the data when model.args does not set them.
+DATA_ARGUMENTS = ("in_channels", "in_shape", "num_classes")
+
+
+def data_arguments(factory, args: dict, in_shape: tuple[int, int, int], num_classes: int) -> dict:
+    """``args`` plus in_channels / in_shape / num_classes for a factory that takes them."""
+    import inspect
+
+    try:
+        takes = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return dict(args)
+    known = {"in_channels": in_shape[0], "in_shape": tuple(in_shape), "num_classes": num_classes}
+    return {**{k: v for k, v in known.items() if k in takes and k not in args}, **args}
+
+
 def build_own(cfg: Config, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """``cfg.model.target(**cfg.model.args)`` discretized, checked on one batch of zeros."""
     factory = load_factory(cfg.model.target)
     torch.manual_seed(cfg.trainer.seed)
     try:
-        model = factory(**cfg.model.args)
+        model = factory(**data_arguments(factory, cfg.model.args, in_shape, num_classes))
     except Exception as err:
         raise OwnNetError(f"model.target={cfg.model.target} raised {type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}") from None

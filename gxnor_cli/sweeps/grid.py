@@ -90,7 +90,7 @@ def expand(overrides: list[str], config_dir: Optional[Path] = None, max_points: 
     ``on_count`` hears the number of points before any is composed; a grid of more than
     ``max_points`` is refused; a stop request (Ctrl-C) ends the composing at once."""
     config_dir = Path(config_dir).resolve() if config_dir else default_config_dir()
-    fixed, axes = axes_of(factory_overrides(overrides), config_dir)
+    fixed, axes = axes_of(factory_overrides(overrides, config_dir), config_dir)
     count = math.prod(len(axis) for axis in axes)
     if count > max_points:
         raise ConfigError(f"the grid has {count:,} points, more than sweep.max_points={max_points:,}; "
