@@ -116,6 +116,10 @@ def summary(path: Path, samples: int = 256, data_root=None) -> tuple[list[dict],
     if is_packed(path):
         return packed_summary(PackedModel.load(Path(path), "gemm"), Path(path).stat().st_size, samples, data_root)
     payload = load_checkpoint(path)
+    if (payload.get("config", {}).get("model") or {}).get("target"):
+        raise UserError("gxnor summary measures a model through its packed export, which takes layer-notation nets "
+                        "only so far; gxnor eval RUN gives your own network's states, bits and resting probability "
+                        "per layer")
     with tempfile.TemporaryDirectory() as tmp:
         size = export_run(payload, Path(tmp) / "model.gxnor")[0]["bytes"]
         model = PackedModel.load(Path(tmp) / "model.gxnor", "gemm")

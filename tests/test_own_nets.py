@@ -106,6 +106,8 @@ def test_a_residual_net_of_your_own_trains_ternary_and_evaluates(cli, nets):
     assert {"4.conv1", "4.short.0", "3.act2"} <= {row["layer"] for row in evaluated["layers"]}
     code, _, err = cli("export", result["run_id"])
     assert code == 2 and "your own (model.target=mynets.resnet)" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("summary", result["run_id"])
+    assert code == 2 and "gxnor eval RUN gives your own network's" in err and len(err.strip().splitlines()) == 1
 
 
 def test_own_nets_sweep_over_their_factory_arguments(cli, nets):
