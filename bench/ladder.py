@@ -1,0 +1,109 @@
+"""The state ladder: accuracy against the number of weight and activation states, and its cost.
+
+For each rung N in --states (default 2, 3, 5, 9, 17) one row trains weights AND activations
+with N states (``quant.weight_states=N quant.act_states=N``) from the --experiment preset
+(default ``fashion_hysteresis``: the paper's MNIST net on Fashion-MNIST, 20 epochs, DST mom8
+with hysteresis transitions), against the same net in float, for every seed in --seeds.
+Rows run through bench/accuracy.py's runner (gxnor's own loop, the checkpoint selected on
+the validation split; histories in --out/<row>.json after every epoch, so a stopped ladder
+keeps what it measured).  Printed: one table row per rung (mean and per-seed test accuracy,
+gap to float, bits per weight at rest, resting probability: the share of gated-off
+operations) and a picture, --out/ladder.png: test accuracy against bits per weight and
+against the resting probability, float as a line.
+
+    python bench/ladder.py                                   # hours on 2 CPU cores
+    python bench/ladder.py --seeds 0 --states 2,3,5 trainer.epochs=5
+    python bench/ladder.py --experiment fashion_gxnor data=digits model=digits_net   # minutes
+
+Needs Fashion-MNIST for the default preset (apt-get install dataset-fashion-mnist).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from accuracy import run_rows  # noqa: E402  (bench/accuracy.py: the row runner)
+
+
+def rows(states: list[int], seeds: list[int], experiment: str, extra: list[str]) -> dict[str, list[str]]:
+    base = [f"experiment={experiment}", *extra]
+    out = {}
+    for seed in seeds:
+        out[f"float-s{seed}"] = [*base, "quant=float", f"trainer.seed={seed}"]
+        for n in states:
+            out[f"w{n}a{n}-s{seed}"] = [*base, f"quant.weight_states={n}", f"quant.act_states={n}", f"trainer.seed={seed}"]
+    return out
+
+
+def summarize(results: list[dict], states: list[int], seeds: list[int]) -> list[dict]:
+    from gxnor_cli.deploy.packed import weight_bits
+
+    by_row = {r["row"]: r for r in results}
+    floats = [by_row[f"float-s{s}"]["test_acc"] for s in seeds if f"float-s{s}" in by_row]
+    float_mean = statistics.mean(floats) if floats else math.nan
+    table = [{"rung": "float", "bits": 32.0, "accs": floats, "mean": float_mean, "gap": 0.0, "resting": 0.0}]
+    for n in states:
+        got = [by_row[f"w{n}a{n}-s{s}"] for s in seeds if f"w{n}a{n}-s{s}" in by_row]
+        if not got:
+            continue
+        mean = statistics.mean(r["test_acc"] for r in got)
+        table.append({"rung": f"W{n}/A{n}", "bits": weight_bits(n), "accs": [r["test_acc"] for r in got], "mean": mean,
+                      "gap": 100 * (float_mean - mean), "resting": statistics.mean(r.get("test_resting_prob", 0) for r in got)})
+    return table
+
+
+def picture(table: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rungs = [t for t in table if t["rung"] != "float"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "bits", "bits per weight at rest"),
+                           (axes[1], "resting", "resting probability (share of gated-off operations)")):
+        ax.plot([t[key] for t in rungs], [100 * t["mean"] for t in rungs], "o-", label="gxnor")
+        for t in rungs:
+            ax.annotate(t["rung"], (t[key], 100 * t["mean"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        ax.axhline(100 * table[0]["mean"], color="gray", linestyle="--", label="float")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--states", default="2,3,5,9,17")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--experiment", default="fashion_hysteresis")
+    parser.add_argument("--jobs", type=int, default=1, help="rows trained at the same time")
+    parser.add_argument("--out", default="runs/ladder")
+    parser.add_argument("overrides", nargs="*", help="extra overrides for every row")
+    args = parser.parse_args()
+    states = [int(s) for s in args.states.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = run_rows(rows(states, seeds, args.experiment, args.overrides), args.out, args.jobs)
+    table = summarize(results, states, seeds)
+    print("\n| rung | bits / weight | test acc (mean) | per seed | gap to float (points) | resting prob |")
+    print("|---|---|---|---|---|---|")
+    for t in table:
+        print(f"| {t['rung']} | {t['bits']:.2f} | {100 * t['mean']:.2f} | "
+              f"{', '.join(f'{100 * a:.2f}' for a in t['accs'])} | {t['gap']:.2f} | {t['resting']:.3f} |")
+    picture(table, Path(args.out) / "ladder.png")
+    print(f"\npicture: {Path(args.out) / 'ladder.png'}")
+    print("RESULT " + " ".join(f"{t['rung'].replace('/', '').lower()}_acc={t['mean']:.4f}" for t in table)
+          + f" max_gap_points={max(t['gap'] for t in table):.2f} seeds={len(seeds)}")
+
+
+if __name__ == "__main__":
+    main()
