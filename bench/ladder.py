@@ -36,7 +36,8 @@ def rows(states: list[int], seeds: list[int], experiment: str, extra: list[str])
     base = [f"experiment={experiment}", *extra]
     out = {}
     for seed in seeds:
-        out[f"float-s{seed}"] = [*base, "quant=float", f"trainer.seed={seed}"]
+        # float weights train with Adam at its own lr, not the DST lr a preset may set
+        out[f"float-s{seed}"] = [*base, "quant=float", "optim.lr=null", f"trainer.seed={seed}"]
         for n in states:
             out[f"w{n}a{n}-s{seed}"] = [*base, f"quant.weight_states={n}", f"quant.act_states={n}", f"trainer.seed={seed}"]
     return out
