@@ -101,6 +101,8 @@ class ModelConfig:
                  f"model.target must be a dotted path module.function; got {self.target!r}")
         _require(not self.args or self.target is not None,
                  f"model.args {sorted(self.args)} are keyword arguments of model.target, which is not set")
+        _require(not (self.target and self.init_from),
+                 "model.init_from starts layer-notation nets from a trained one; it does not take model.target")
 
 
 @dataclass(frozen=True)
@@ -393,10 +395,14 @@ def factory_overrides(overrides: list[str], config_dir: Optional[Path] = None) -
     if not any(o.startswith("model.target=") for o in out) and \
             not any(p.is_file() and "target" in (yaml.safe_load(p.read_text()) or {}) for p in presets):
         return out
-    own = {"target", "args"}
-    return [f"model.args.{o[len('model.'):]}" if o.startswith("model.") and "=" in o
-            and o[len("model."):].split("=", 1)[0] not in own and "." not in o.split("=", 1)[0][len("model."):]
-            else o for o in out]
+    def as_argument(text: str) -> str:
+        name = text.split("=", 1)[0]
+        leaf = name[len("model."):]
+        if name.startswith("model.") and "=" in text and "." not in leaf and leaf not in ("target", "args"):
+            return "model.args." + text[len("model."):]
+        return text
+
+    return [as_argument(o) for o in out]
 
 
 def key_named(word: str) -> Optional[str]:

@@ -271,7 +271,12 @@ class PackedModel:
         if self._graph is not None and not self.measure:
             threads = max(1, min(self.threads, len(images) * self.macs // self.MACS_PER_THREAD))
             if threads not in self._sessions:
-                self._sessions[threads] = compiled.Session(self._graph, threads)
+                try:
+                    self._sessions[threads] = compiled.Session(self._graph, threads)
+                except Exception as err:  # onnxruntime's own error types: one line, as for a bad file
+                    raise packed.PackedError(f"onnxruntime refused the compiled model: "
+                                             f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else err}; "
+                                             f"--kernel gemm runs it with numpy") from None
             return self._sessions[threads].scores(images)
         x = (2 * images.astype(np.int32) - self.max_value).transpose(0, 2, 3, 1)  # u: x = u / max_value
         for layer in self.layers:
