@@ -85,17 +85,21 @@ def _steps(layer, reach: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(t1.astype(np.int64), -reach, reach + 1), np.clip(t2.astype(np.int64), -reach - 1, reach)
 
 
-def _hidden(g: _Graph, acc: str, bias: np.ndarray, t1: np.ndarray, t2: np.ndarray, shape) -> str:
-    """sum_k clip(floor((A - t2_k - 1) m_k), -1, 1) on ``acc`` (= A + bias)."""
+def _bands(t1: np.ndarray, t2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shift, m) per channel and step: [A >= t1] - [A <= t2] = clip(floor((A + shift) m), -1, 1)."""
+    d = t1 - t2 - 1
+    if (d < 0).any() or (d >= MAX_BAND).any():
+        raise NotCompilable("threshold bands out of range")
+    return np.where(d > 0, -t2 - 1, -t1 + 0.5), np.where(d > 0, 1.0 / (np.maximum(d, 1) - 0.5), 2.0)
+
+
+def _hidden(g: _Graph, acc: str, shift: np.ndarray, scale: np.ndarray, shape) -> str:
+    """sum_k clip(floor((A + shift_k) m_k), -1, 1) on ``acc`` = A + shift_0 (the bias)."""
     terms = []
-    for k in range(t1.shape[1]):
-        d = t1[:, k] - t2[:, k] - 1
-        if (d < 0).any() or (d >= MAX_BAND).any():
-            raise NotCompilable("threshold bands out of range")
-        shift = np.where(d > 0, -t2[:, k] - 1, -t1[:, k] + 0.5) - bias
-        scale = np.where(d > 0, 1.0 / (np.maximum(d, 1) - 0.5), 2.0)
-        y = acc if not shift.any() else g.node("Add", acc, g.const(shift.reshape(shape)))
-        terms.append(g.node("Clip", g.node("Floor", g.node("Mul", y, g.const(scale.reshape(shape)))),
+    for k in range(shift.shape[1]):
+        extra = shift[:, k] - shift[:, 0]
+        y = acc if not extra.any() else g.node("Add", acc, g.const(extra.reshape(shape)))
+        terms.append(g.node("Clip", g.node("Floor", g.node("Mul", y, g.const(scale[:, k].reshape(shape)))),
                             g.const(-1.0), g.const(1.0)))
     return terms[0] if len(terms) == 1 else g.node("Sum", *terms)
 
@@ -114,7 +118,7 @@ def build(model) -> bytes:
         if 4 * reach + 4 >= LIMIT:
             raise NotCompilable(f"{spec['name']}: accumulators up to {reach} do not stay exact in float32")
         binary = layer.scale is None and layer.lo is None
-        t1, t2 = _steps(layer, reach) if layer.scale is None and not binary else (None, None)
+        shift, scale = _bands(*_steps(layer, reach)) if layer.scale is None and not binary else (None, None)
         weights = layer.codes.astype(np.float32) * (2 if binary else 1) * (2 if layer is model.layers[0] else 1)
         if in_flip is not None:  # the previous layer's sign, per input channel (repeated over H x W once flat)
             weights = weights * np.repeat(in_flip, weights.shape[1] // len(in_flip))[None, :]
@@ -123,8 +127,7 @@ def build(model) -> bytes:
                          -reach, reach + 1)
             bias = 1.0 - 2.0 * hi
         else:
-            bias = np.zeros(len(weights)) if t1 is None else np.where(
-                t1[:, 0] - t2[:, 0] - 1 > 0, -t2[:, 0] - 1, -t1[:, 0] + 0.5)
+            bias = np.zeros(len(weights)) if shift is None else shift[:, 0]
         if spec["kind"] == "conv":
             k, pad = spec["kernel"], spec["padding"]
             w = weights.reshape(len(weights), -1, k, k)
@@ -145,7 +148,7 @@ def build(model) -> bytes:
         elif binary:
             x = g.node("Clip", x, g.const(-1.0), g.const(1.0))
         else:
-            x = _hidden(g, x, bias, t1, t2, shape)
+            x = _hidden(g, x, shift, scale, shape)
         if layer.flip is not None:
             in_flip, in_max = layer.flip.astype(np.float32), int(np.abs(spec["output"]["codes"]).max())
     return _model_bytes(g, model)
