@@ -1,5 +1,5 @@
 """python -m gxnor_cli: the same as the `gxnor` command."""
 
-from .cli import main
+from .entry import main
 
 main()

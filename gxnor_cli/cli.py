@@ -18,9 +18,9 @@ from rich.console import Console
 
 from . import __version__
 from .errors import RunFailed, UserError
-from .interrupt import exit_code, install_interrupt_handler
+from .interrupt import exit_code, install_interrupt_handler, quiet_broken_pipe
 from .tracking.locate import locate_model
-from .tracking.report import epoch_line, fmt, table
+from .tracking.report import epoch_line, fmt, show_eval, table
 from .tracking.store import Store
 
 def config_help() -> str:
@@ -171,23 +171,10 @@ def evaluate_cmd(
         from .runs import evaluate
 
         result = evaluate(source, split, data_root, batch_size, predictions)
-    if engine == "packed":
-        title, cols = (f"packed engine ({result['kernel']} kernel) on the {split} split of {result['data']} ({result['samples']} samples)",
-                       ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob",
-                        "popcount_words"])
-    else:
-        title, cols = (f"{split} split of {result['data']} ({result['samples']} samples)",
-                       ["layer", "states", "weights", "bits", "bytes", "weight_zero_frac", "act_zero_frac",
-                        "resting_prob"])
     if json_out:
         print(json.dumps(result, indent=1))
-        return
-    table(title, ["metric", "value"], [(k, v) for k, v in result.items() if isinstance(v, float)], out)
-    if not result["layers"]:
-        out.print(f"({result['kernel']} kernel: per-layer events are counted by --kernel gemm or xnor)")
-        return
-    table("per layer (resting_prob above: the layers after the first, which sees real inputs)", cols,
-          [[row.get(c) for c in cols] for row in result["layers"]], out)
+    else:
+        show_eval(result, split, out)
 
 
 @app.command()
@@ -480,6 +467,8 @@ def main() -> None:
         if message:  # (no command at all: the usage is already printed)
             print(f"gxnor: error: {message}{option_hint(usage)}", file=sys.stderr)
         sys.exit(getattr(usage, "exit_code", 2))
+    except BrokenPipeError:
+        sys.exit(quiet_broken_pipe())
     except Exception:
         traceback.print_exc()
         print("gxnor: error: the run failed (traceback above)", file=sys.stderr)

@@ -61,3 +61,12 @@ def check_stop() -> None:
 def exit_code() -> int:
     """130 after Ctrl-C, 143 (128 + SIGTERM) after SIGTERM."""
     return 128 + (_state["signal"] or signal.SIGINT)
+
+
+def quiet_broken_pipe() -> int:
+    """`gxnor ... | head`: the reader left, which is no error to report.  Returns 141
+    (128 + SIGPIPE), with stdout pointed at /dev/null so that exiting raises nothing more."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141

@@ -37,7 +37,7 @@ def runs_dir(tmp_path, mlflow_template, monkeypatch) -> Path:
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """Run ``gxnor ARGS...`` through the console-script entry point; returns (code, stdout, stderr)."""
-    from gxnor_cli.cli import main
+    from gxnor_cli.entry import main
 
     def run(*args: str) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", ["gxnor", *args])

@@ -225,3 +225,18 @@ def test_the_arrays_and_the_tensors_hold_the_same_splits():
         a, t = arrays.split(name), tensors.split(name)
         assert isinstance(a.images, np.ndarray) and np.array_equal(a.images, t.images.numpy())
         assert np.array_equal(a.labels, t.labels.numpy()) and t.labels.dtype == torch.int64
+
+
+def test_the_digits_csv_reader_matches_numpy_loadtxt_and_refuses_what_is_not_integers():
+    import importlib.util
+    from pathlib import Path
+
+    from gxnor_cli.data.sources import small_ints_csv
+
+    path = Path(list(importlib.util.find_spec("sklearn").submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    assert np.array_equal(small_ints_csv(gzip.decompress(path.read_bytes()), 65),
+                          np.loadtxt(path, delimiter=",", dtype=np.float32))
+    assert small_ints_csv(b"10,2\n3,456", 2).tolist() == [[10, 2], [3, 456]]  # no newline at the end
+    for bad in (b"1,2\n3,x\n", b"1,-2\n", b"1.5,2\n", b"1,2,3\n", b""):
+        with pytest.raises(ValueError):
+            small_ints_csv(bad, 2)

@@ -386,3 +386,28 @@ def test_a_run_that_trains_again_first_sends_what_its_earlier_try_kept(cli, runs
     history = MlflowClient(store.uri).get_metric_history(run_id, "kept_metric")
     assert [(m.step, m.value) for m in history] == [(7, 0.5)]
     assert not pending_file(store, run_id).exists()
+
+
+def test_a_resumed_run_logs_the_epochs_its_last_pt_holds_but_the_store_lacks(cli, runs_dir):
+    """Killed after writing last.pt and before logging that epoch (a lost node): the next try
+    logs the missing epoch from last.pt's history, and no epoch twice."""
+    from mlflow.tracking import MlflowClient
+
+    from gxnor_cli.tracking.client import Run
+    from gxnor_cli.tracking.store import Store
+
+    code, out, err = cli("train", *TINY, "trainer.epochs=3", "--json")
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    store = Store.of(None, runs_dir)
+    history = [{"epoch": e, "val_acc": 0.1 * e, "train_loss": 1.0 / e} for e in (1, 2, 3, 4)]
+    again = Run(store, "", run_id=run_id)
+    again.pending = [{"op": "metrics", "metrics": [["val_acc", 0.4, 1_000, 4]]}]  # epoch 4 still pending
+    again.resend_epochs(history)
+    again.pending = []  # (the kept epoch 4 is not this test's business)
+    steps = [m.step for m in MlflowClient(store.uri).get_metric_history(run_id, "val_acc")]
+    assert sorted(steps) == [1, 2, 3]
+    # a gap: the store has 1..3, last.pt says 1..5: 4 and 5 are sent, once
+    Run(store, "", run_id=run_id).resend_epochs(history + [{"epoch": 5, "val_acc": 0.5}])
+    steps = [m.step for m in MlflowClient(store.uri).get_metric_history(run_id, "val_acc")]
+    assert sorted(steps) == [1, 2, 3, 4, 5]

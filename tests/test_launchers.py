@@ -147,3 +147,77 @@ def test_slurm_settings_that_cannot_start_a_trial_are_refused(cli, runs_dir):
                        "launcher.timeout_min=1")
     assert code == 2 and "launcher.timeout_min=1 leaves a trial no time to start" in err
     assert runs_in_store(runs_dir) == []
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every process of session ``sid`` (a Ray node started in a session of its own)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.slow  # about 90 s: CI runs it with -m slow
+@pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="needs gxnor[ray]")
+def test_a_trial_lost_with_its_ray_node_resumes_on_the_other_node_in_its_own_child(tmp_path, mlflow_template):
+    """A real Ray cluster of a head (no CPUs) and two worker nodes, each `ray start --block` in
+    a session of its own.  The node that runs the trial is killed whole (SIGKILL to its raylet,
+    its workers, everything): Ray runs the trial again on the other node, which takes the
+    point's claim over and carries on in the same child from last.pt."""
+    import tempfile
+
+    from test_slurm import free_port
+
+    runs = store_copy(mlflow_template, tmp_path)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    temp = tempfile.mkdtemp(prefix="gxr", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, nodes = free_port(), []
+    head = subprocess.Popen(["ray", "start", "--head", "--port", str(port), "--num-cpus", "0", "--temp-dir", temp,
+                             "--include-dashboard", "false", "--disable-usage-stats", "--block"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def active_nodes() -> int:
+            out = subprocess.run(["ray", "status", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True,
+                                 text=True, timeout=60).stdout
+            return out.split("Pending:")[0].count(" node_")
+
+        wait_for(lambda: active_nodes() == 1, timeout=180, what="the Ray head")
+        for _ in range(2):  # ports of their own: two nodes on one host
+            ports = [str(free_port()) for _ in range(4)]
+            nodes.append(subprocess.Popen(
+                ["ray", "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--block",
+                 "--dashboard-agent-listen-port", ports[0], "--dashboard-agent-grpc-port", ports[1],
+                 "--metrics-export-port", ports[2], "--runtime-env-agent-port", ports[3]],
+                env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_for(lambda n=len(nodes): active_nodes() == 1 + n, timeout=180, what="a Ray worker node")
+        proc = subprocess.Popen([sys.executable, "-m", "gxnor_cli", "sweep", "quant.window=0.3", *SLOW,
+                                 "trainer.epochs=10", "--launcher", "ray", f"launcher.address=127.0.0.1:{port}",
+                                 "launcher.poll_s=0.5"], cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        from test_slurm import history
+
+        def three_epochs():
+            assert proc.poll() is None, proc.communicate()
+            return next((k for k in children(runs) if len(history(runs, k.info.run_id)) >= 3), None)
+
+        kid = wait_for(three_epochs, timeout=300, what="three epochs")
+        trainer = int(kid.data.tags["gxnor.pid"])
+        lost = next(n for n in nodes if n.pid == os.getsid(trainer))
+        for pid in session_pids(lost.pid):  # the whole node at once, as a power cut would
+            os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        (kid,) = children(runs)
+        assert kid.info.status == "FINISHED" and "gxnor.error" not in kid.data.tags
+        assert int(kid.data.tags["gxnor.pid"]) != trainer  # it ended on the other node
+        assert history(runs, kid.info.run_id) == list(range(1, 11))
+    finally:
+        for node in [*nodes, head]:
+            for pid in session_pids(node.pid):
+                os.kill(pid, signal.SIGKILL)
+            node.wait(timeout=30)

@@ -137,13 +137,15 @@ def test_gxnor_run_refuses_a_file_that_is_not_a_model(tmp_path):
     assert done.returncode == 2 and "not a gxnor packed model" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_gxnor_eval_of_a_packed_file_imports_no_torch(tmp_path):
+def test_gxnor_eval_of_a_packed_file_imports_no_training_stack_and_says_what_the_full_cli_says(tmp_path, capsys,
+                                                                                                monkeypatch):
     import json
 
     from gxnor_cli.data.sources import read_arrays
 
     random_net(tmp_path / "m.gxnor", 5)
-    code = ("import runpy, sys\nfor name in ('torch', 'mlflow', 'hydra'): sys.modules[name] = None\n"
+    blocked = ("torch", "mlflow", "hydra", "omegaconf", "typer", "pydantic")
+    code = (f"import runpy, sys\nfor name in {blocked}: sys.modules[name] = None\n"
             "sys.argv = ['gxnor', 'eval', '--engine', 'packed', sys.argv[1], '--json']\n"
             "runpy.run_module('gxnor_cli', run_name='__main__')\n")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.gxnor")], capture_output=True, text=True,
@@ -152,3 +154,11 @@ def test_gxnor_eval_of_a_packed_file_imports_no_torch(tmp_path):
     result, test = json.loads(done.stdout), read_arrays("digits").test
     want = PackedModel.load(tmp_path / "m.gxnor").predict(test.images)
     assert result["samples"] == len(test) == 359 and result["acc"] == float((want == test.labels).mean())
+    from gxnor_cli.cli import main  # the full command line, which the entry hands everything else
+
+    monkeypatch.setattr(sys, "argv", ["gxnor", "eval", "--engine", "packed", str(tmp_path / "m.gxnor"), "--json"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    out, timing = capsys.readouterr().out, ("time_s", "samples_per_s")
+    assert done.value.code == 0 and {k: v for k, v in json.loads(out).items() if k not in timing} == \
+        {k: v for k, v in result.items() if k not in timing}

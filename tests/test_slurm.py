@@ -210,3 +210,20 @@ def test_a_request_no_node_can_satisfy_is_refused_before_submitting(slurm, tmp_p
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "at most" in err and "pend forever" in err and len(err.strip().splitlines()) <= 2
     assert runs_in_store(runs) == []
+
+
+def test_two_live_submitters_of_one_sweep_train_each_point_once(slurm, tmp_path, mlflow_template):
+    """The same sweep command started twice at once (two terminals, a job script submitted
+    twice): both submit every point, but each point's claim lets one trial train it while the
+    other waits and takes its result. One parent, one FINISHED child per point, each epoch once."""
+    runs = store_copy(mlflow_template, tmp_path)
+    grid = ["quant.window=0.3,0.6", *LONG, "trainer.epochs=4"]
+    procs = [sweep(tmp_path, slurm, *grid) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err
+    kids = children(runs)
+    assert sorted(k.info.run_name for k in kids) == ["w3a3-r0.3-adam-s0", "w3a3-r0.6-adam-s0"]
+    assert {k.info.status for k in kids} == {"FINISHED"}
+    assert all(history(runs, k.info.run_id) == list(range(1, 5)) for k in kids)
+    assert len({r.data.tags.get("mlflow.parentRunId") for r in runs_in_store(runs)} - {None}) == 1

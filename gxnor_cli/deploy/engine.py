@@ -30,7 +30,6 @@ probability 1 - opened / pairs, and the 64-bit popcount words processed.
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,6 +296,8 @@ class PackedModel:
         if self._pool is None or self._pool[0] != threads:
             if self._pool is not None:
                 self._pool[1].shutdown(wait=False)
+            from concurrent.futures import ThreadPoolExecutor  # (numpy threads only: start-up stays light)
+
             self._pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="gxnor-engine"))
         size = min(batch_size, -(-len(images) // threads))  # every thread gets a share
         batches = [images[i:i + size] for i in range(0, len(images), size)]

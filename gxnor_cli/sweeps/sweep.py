@@ -8,7 +8,9 @@ Running the same sweep again finds its parent by the sweep's identity and skips 
 already FINISHED; a point whose child run ended otherwise (KILLED, FAILED, or RUNNING by a
 process that died) trains on in that same child, from its last.pt when it has one; a point
 whose trial still runs (an earlier submission, e.g. on a cluster) is waited for, not trained
-twice.  Each point ends as one child run.  The launcher is how
+twice.  Two copies of a sweep run at once share one parent, and each trial holds its point's
+claim (.claim) while it trains, so a point is never trained twice at the same time.  Each
+point ends as one child run.  The launcher is how
 trials run, not what they compute: it is no part of the sweep's identity.
 """
 
@@ -19,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import ConfigError
-from ..data.sources import load_data
+from ..config import Config, ConfigError
+from ..data.sources import DATASETS, load_data
 from ..errors import UserError
 from ..models.nets import check_fits, check_model
 from ..tracking import client, views
@@ -28,6 +30,7 @@ from ..tracking.client import check, child_runs, reap_stale, Run, save_view
 from ..tracking.store import Store
 from ..training.group import resolve_device
 from ..interrupt import check_stop
+from .claim import Claim, claim_dir
 from .grid import Point, sweep_id
 from .trial import carry_on
 from .launchers.base import Lost
@@ -118,6 +121,18 @@ def validate(points: list[Point], checks_device: bool) -> None:
     check_runnable(points, check_device=checks_device)
 
 
+def pinned(cfg: Config, store: Store) -> Config:
+    """The config as a trial runs it on any node: the store and the data directory made
+    absolute here, so that a trial whose working directory and environment differ (a Ray
+    worker node, a batch job) writes into this sweep's store and reads the same files."""
+    changes = {"trainer.out_dir": str(store.out_dir), "tracking.uri": store.uri}
+    local = Path("data") / cfg.data.name  # the default place, when it is here
+    root = cfg.data.root or (str(local) if local.is_dir() else None)
+    if root and not DATASETS[cfg.data.name].embedded:
+        changes["data.root"] = str(Path(root).expanduser().resolve())
+    return cfg.replace(**changes)
+
+
 def on_lost(store: Store, experiment: str, parent_id: str) -> Lost:
     """What the sweep does for a trial whose process died before it could end its own run."""
     def lost(point: Point, status: str, message: str) -> None:
@@ -144,9 +159,12 @@ def execute(points: list[Point], overrides: list[str], launcher,
     validate(points, launcher.checks_device)
     store, experiment = Store.of_config(points[0].cfg), points[0].cfg.tracking.experiment
     check(store)
+    for p in points:
+        p.cfg = pinned(p.cfg, store)
     reap_stale(store, experiment)
     sid = sweep_id(points)
-    parent = find_parent(store, experiment, sid, points, overrides)
+    with Claim(claim_dir(store.out_dir, "parents", sid)).wait(check=check_stop):  # two copies, one parent
+        parent = find_parent(store, experiment, sid, points, overrides)
     update = on_update or (lambda _: None)
     update(points)  # show skipped points and the grid before anything runs
     try:

@@ -13,11 +13,13 @@ import traceback
 from typing import Callable, Optional
 
 from ..config import Config, flatten
-from ..tracking.client import child_runs, Run, stale_reason
+from ..interrupt import check_stop
+from ..tracking.client import child_runs, Run
 from ..tracking.report import fmt
 from ..tracking.store import Store
 from ..training.launch import train
 from ..training.run import Hooks
+from .claim import Claim, claim_dir
 from .grid import Point
 
 
@@ -68,32 +70,53 @@ def job_id() -> Optional[str]:
     return None
 
 
-def adopt(point: Point, parent_id: str) -> Point:
-    """The point as this trial trains it.  A trial that starts again (a Ray retry after a lost
-    node, a SLURM requeue) finds its point's own child and carries on in it, from its last.pt:
-    the newest child of the point that did not finish and is not alive elsewhere (ended, dead,
-    or started by this very scheduler job)."""
+def adopt(point: Point, parent_id: str, store: Store) -> Point:
+    """The point as this trial trains it, called while it holds the point's claim (so no
+    other live process trains the point).  A trial that starts again (a Ray retry after a lost
+    node, a SLURM requeue, a second copy of the sweep after the first died) finds its point's
+    newest child that did not finish and carries on in it, from its last.pt."""
     if point.run_id:  # the sweep already chose the child
         return point
-    store, me = Store.of_config(point.cfg), job_id()
     for child in child_runs(store, parent_id, point.cfg.tracking.experiment):  # newest first
-        if child["tags"].get("gxnor.point") != point.key or child["status"] == "FINISHED":
-            continue
-        alive = child["status"] == "RUNNING" and stale_reason(child["tags"]) is None
-        if alive and (me is None or child["tags"].get("gxnor.job") != me):
-            continue
-        mine = dataclasses.replace(point)
-        carry_on(store, mine, child["run_id"])
-        return mine
+        if child["tags"].get("gxnor.point") == point.key and child["status"] != "FINISHED":
+            mine = dataclasses.replace(point)
+            carry_on(store, mine, child["run_id"])
+            return mine
     return point
+
+
+def finished(store: Store, point: Point, parent_id: str) -> Optional[dict]:
+    """The result of the point's FINISHED child, when another copy of the sweep trained it."""
+    for child in child_runs(store, parent_id, point.cfg.tracking.experiment):
+        if child["tags"].get("gxnor.point") == point.key and child["status"] == "FINISHED":
+            return {"status": "FINISHED", "run_id": child["run_id"], **child["metrics"]}
+    return None
 
 
 def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
               on_start: Optional[Callable[[str], None]] = None,
               on_progress: Optional[Callable[[str], None]] = None) -> dict:
     """Train one point as a child run; returns {"status", "run_id", metrics..., "error"}.
-    ``on_progress`` gets one short line per epoch."""
-    point = adopt(point, parent_id)
+    ``on_progress`` gets one short line per epoch.  The trial holds the point's claim
+    (.claim) while it trains: a second live copy of the point waits for it, then takes the
+    finished child's result, or carries on in the child when the first copy died."""
+    progress = on_progress or (lambda line: None)
+    try:
+        store = Store.of_config(point.cfg)
+        claim = Claim(claim_dir(store.out_dir, parent_id, point.key), job_id())
+        claim.wait(lambda who: progress(f"waiting: pid {who.get('pid')} on {who.get('host')} trains this point"),
+                   check=check_stop)
+    except KeyboardInterrupt:
+        return {"status": "KILLED", "run_id": point.run_id}
+    with claim:
+        try:
+            done = finished(store, point, parent_id)
+        except Exception as err:  # the store is away: training would fail the same way
+            return {"status": "FAILED", "run_id": point.run_id, "error": short_error(err)}
+        return done or train_point(adopt(point, parent_id, store), parent_id, threads, on_start, progress)
+
+
+def train_point(point: Point, parent_id: str, threads: Optional[int], on_start, progress) -> dict:
     cfg, overrides = trial_config(point, threads), list(point.overrides)
     if point.resume:
         overrides.append(f"trainer.resume={point.resume}")
@@ -105,8 +128,7 @@ def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
             on_start(run_id)
 
     def epoch_done(m: dict) -> None:
-        if on_progress is not None:
-            on_progress(f"epoch {m['epoch']}/{cfg.trainer.epochs} val {fmt(m['val_acc'], 'acc')}")
+        progress(f"epoch {m['epoch']}/{cfg.trainer.epochs} val {fmt(m['val_acc'], 'acc')}")
 
     try:
         result = train(cfg, overrides, Hooks(on_start=begin, on_epoch=epoch_done), parent_id=parent_id,
@@ -143,8 +165,6 @@ def record(point: Point, result: dict) -> None:
     point.run_id = result.get("run_id") or point.run_id
     point.error = result.get("error", "")
     point.metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 
 
 def short_error(err: BaseException) -> str:

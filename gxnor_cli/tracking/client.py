@@ -279,6 +279,21 @@ class Run:
         for i in range(0, len(items), 500):
             self._call({"op": "metrics", "metrics": items[i:i + 500]})
 
+    def resend_epochs(self, history: list[dict]) -> None:
+        """Log the epochs of ``history`` (a resumed last.pt's) that the run lacks: a process
+        killed between writing last.pt and logging that epoch (a lost node, kill -9) would
+        otherwise leave a gap in the run's curves.  Steps still pending count as logged; while
+        the store does not answer, nothing is sent (it could double an epoch)."""
+        steps = {int(item[3]) for op in self.pending if op["op"] == "metrics" for item in op["metrics"]
+                 if item[0] == "val_acc"}
+        try:
+            steps |= {m.step for m in self.client.get_metric_history(self.run_id, "val_acc")}
+        except Exception:  # the store is away: the kept operations are all there is to send
+            return
+        for metrics in history:
+            if metrics["epoch"] not in steps:
+                self.log_metrics(metrics, step=metrics["epoch"])
+
     def log_input(self, name: str, digest: str, source: str, context: str) -> None:
         """Record a dataset this run used (MLflow's Dataset column)."""
         self._call({"op": "input", "name": name, "digest": digest, "source": source, "context": context})
@@ -404,7 +419,7 @@ class NoRun:
     def log_metrics(self, *args, **kwargs) -> None:
         pass
 
-    log_artifact = log_text = set_tags = log_metrics
+    log_artifact = log_text = set_tags = resend_epochs = log_metrics
 
     def end(self, status: str = "FINISHED") -> bool:
         return True
@@ -483,7 +498,8 @@ def find_runs_by_tag(store: Store, experiment: str, key: str, value: str) -> lis
     return _search(store, f"tags.`{key}` = '{value}'", experiment)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -497,7 +513,7 @@ def stale_reason(tags: dict[str, str], now: Optional[float] = None) -> Optional[
     """Why a RUNNING run with these tags has no live process behind it, or None if it may have."""
     host, now = socket.gethostname(), now or time.time()
     pid = int(tags.get("gxnor.pid", "0") or 0)
-    if tags.get("gxnor.host") == host and pid and pid != os.getpid() and not _alive(pid):
+    if tags.get("gxnor.host") == host and pid and pid != os.getpid() and not process_alive(pid):
         return f"process {pid} on {host} ended without closing the run"
     beat = float(tags.get("gxnor.heartbeat", "0") or 0)
     if beat and now - beat > STALE_S:

@@ -43,6 +43,27 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence], console:
     (console or Console()).print(out)
 
 
+def show_eval(result: dict, split: str, console: Optional[Console] = None) -> None:
+    """`gxnor eval`'s tables: the metrics, then the layers (packed engine: its events)."""
+    packed = "kernel" in result
+    if packed:
+        title, cols = (f"packed engine ({result['kernel']} kernel) on the {split} split of {result['data']} "
+                       f"({result['samples']} samples)",
+                       ["layer", "mode", "weight_states", "input", "pairs", "gates_opened", "resting_prob",
+                        "popcount_words"])
+    else:
+        title, cols = (f"{split} split of {result['data']} ({result['samples']} samples)",
+                       ["layer", "states", "weights", "bits", "bytes", "weight_zero_frac", "act_zero_frac",
+                        "resting_prob"])
+    console = console or Console()
+    table(title, ["metric", "value"], [(k, v) for k, v in result.items() if isinstance(v, float)], console)
+    if packed and not result["layers"]:
+        console.print(f"({result['kernel']} kernel: per-layer events are counted by --kernel gemm or xnor)")
+        return
+    table("per layer (resting_prob above: the layers after the first, which sees real inputs)", cols,
+          [[row.get(c) for c in cols] for row in result["layers"]], console)
+
+
 def epoch_line(m: dict, total: int) -> str:
     """One plain line for an epoch's metrics (logs, sweeps, data-parallel rank 0)."""
     parts = [f"epoch {m['epoch']}/{total}", f"loss {m['train_loss']:.4f}", f"train {fmt(m['train_acc'], 'acc')}",

@@ -193,6 +193,8 @@ def train_run(start: Start, hooks: Hooks = Hooks(), parent_id: Optional[str] = N
         store.check_writable()
     run = open_run(cfg, store, data, start.overrides, payload, run_id, parent_id, tags) if group.main else NoRun()
     run.run_id = group.broadcast(run.run_id)
+    if payload is not None:
+        run.resend_epochs(trainer.history)
     trainer.attach(store.checkpoint_dir(run.run_id), run_id=run.run_id, tracking_uri=store.uri,
                    out_dir=str(store.out_dir))
     if group.main:
