@@ -108,7 +108,9 @@ def state_bytes_per_weight(trainer) -> float:
         n = sum(layer.num_weights for _, layer in layers)
         return (sum(layer.state.numel() * layer.state.element_size() for _, layer in layers)
                 + trainer.dst.state_bytes()) / n
-    weights = {id(block.weight.weight): block.weight.weight for block in trainer.model}
+    from torch import nn
+
+    weights = {id(m.weight): m.weight for m in trainer.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     adam = trainer.optimizer
     moments = [t for group, ms, vs in zip(adam.param_groups, adam.m, adam.v)
                for p, m, v in zip(group["params"], ms, vs) if id(p) in weights for t in (m, v)]

@@ -15,16 +15,20 @@ Each is exported (packed, and gxnor's ONNX float graph) and run by
                   (QDQ, per-channel weights, calibrated on 200 inputs; not exact)
     torch-fp32    the trained model in torch eval mode
 
-Every onnxruntime session here, the engine's included, lets idle threads sleep instead of
-spin: a spinning pool would take the cores from the runtime timed next.
-at batch 1 and batch 1000, with 1 and 2 threads, interleaved: 7 rounds, each timing every
+at batch 1 and batch 1000, with 1 and 2 threads, interleaved: 11 rounds, each timing every
 runtime over about 50 ms of calls after a 0.3 s pause (numpy's BLAS and torch's OpenMP
-threads spin for a while after a call and would slow whichever runtime came next); medians.  Printed: samples/s per case, whether engine, engine-numpy,
-ort-fp32 and torch-fp32 predict the same class for every sample, and how often ort-int8 does;
-then whole processes on the digits test split: `gxnor eval --engine packed`, `gxnor-run` and
-a plain onnxruntime script (wall time, the imports included).
+threads spin for a while after a call and would slow whichever runtime came next).  Every
+onnxruntime session here, the engine's included, lets idle threads sleep instead of spin: a
+spinning pool would take the cores from the runtime timed next.
 
-    python bench/engine.py            # about 3 minutes on 2 cores
+Printed: samples/s per case (medians of the rounds) and engine / ort-fp32, the median of the
+rounds' ratios (each from two timings a second apart, so a slow spell of the VM moves both of
+its sides); whether engine, engine-numpy, ort-fp32 and torch-fp32 predict the same class for
+every sample, and how often ort-int8 does; then whole processes on the digits test split:
+`gxnor eval --engine packed`, `gxnor-run` and a plain onnxruntime script (wall time, the
+imports included, medians of 5).  RESULT: the smallest ratio of each kind over the 8 cases.
+
+    python bench/engine.py            # about 4 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from gxnor_cli.training.group import Solo
 from gxnor_cli.training.loop import Trainer
 from gxnor_cli.training.run import prepare
 
-ROUNDS, CALL_S = 7, 0.05  # rounds, interleaved; each times one runtime over >= 50 ms of calls
+ROUNDS, CALL_S = 11, 0.05  # rounds, interleaved; each times one runtime over >= 50 ms of calls
 REST_S = 0.3  # pause before each timing: thread pools that spin after a call must not steal the cores
 BATCHES, THREADS = (1, 1000), (1, 2)
 
@@ -130,9 +134,14 @@ def measure(name: str, payload: dict, images: np.ndarray, tmp: Path) -> tuple[li
                         fn()
                     times[key].append((time.perf_counter() - start) / inner)
             rate = {key: n / statistics.median(t) for key, t in times.items()}
-            rows.append({"net": name, "threads": threads, "batch": batch, **rate})
+            # each round's ratio from timings seconds apart, then their median: a slow spell of
+            # the VM moves both sides of a ratio, where it would move one median only
+            ratio = {other: statistics.median(o / e for o, e in zip(times[other], times["engine"]))
+                     for other in ("ort-fp32", "ort-int8", "torch-fp32")}
+            rows.append({"net": name, "threads": threads, "batch": batch, **rate, "vs": ratio})
             print(f"{name:<7} threads {threads} batch {batch:>5}: " +
-                  "  ".join(f"{key} {r:>9,.0f}/s" for key, r in rate.items()), flush=True)
+                  "  ".join(f"{key} {r:>9,.0f}/s" for key, r in rate.items()) +
+                  f"  engine/ort-fp32 {ratio['ort-fp32']:.2f}", flush=True)
     engine.threads = numpy_engine.threads = 1
     want = predict_torch(model, tensor, payload["max_value"])
     same = all(np.array_equal(p, want) for p in (
@@ -187,9 +196,9 @@ def main() -> None:
                 wall = end_to_end(Path(tmp), images)
             print(f"{name}: engine, engine-numpy, ort-fp32 and torch-fp32 predict the same class for every sample: "
                   f"{same}; ort-int8 agrees with them on {100 * int8_agree:.1f}%; {b:.3f} bits per weight")
-    vs_ort = min(r["engine"] / r["ort-fp32"] for r in rows)
-    vs_torch = min(r["engine"] / r["torch-fp32"] for r in rows)
-    vs_int8 = min(r["engine"] / r["ort-int8"] for r in rows)
+    vs_ort = min(r["vs"]["ort-fp32"] for r in rows)
+    vs_torch = min(r["vs"]["torch-fp32"] for r in rows)
+    vs_int8 = min(r["vs"]["ort-int8"] for r in rows)
     print(f"RESULT engine_vs_ort={vs_ort:.3f} engine_vs_torch={vs_torch:.3f} engine_vs_ort_int8={vs_int8:.3f} "
           f"identical={int(identical)} bits_per_weight={max(bits):.3f} "
           f"eval_vs_plain_ort_wall={wall['gxnor-eval'] / wall['plain-ort']:.2f} "

@@ -44,15 +44,11 @@ from accuracy import ROWS, latent_state_bytes, run_row, with_float_checkpoint, w
 BREVITAS_LR = 0.02
 
 
-def brevitas_net(arch: str, in_shape: tuple[int, int, int], padding: int):
-    """The arch's layers as brevitas quantised layers: weights -> [pool] -> BN -> ternary act."""
-    import brevitas.nn as qnn
+def ternary_quantizers():
+    """brevitas quantizers of the BNN-PYNQ 2W2A recipe: (weights, activations) in {-1, 0, 1}."""
     from brevitas.core.restrict_val import RestrictValueType
     from brevitas.core.scaling import ScalingImplType
     from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
-    from torch import nn
-
-    from gxnor_cli.models.grammar import parse_arch
 
     class TernaryWeight(Int8WeightPerTensorFloat):  # 2 bits, narrow range, scale 1: {-1, 0, 1}
         bit_width, narrow_range = 2, True
@@ -65,6 +61,18 @@ def brevitas_net(arch: str, in_shape: tuple[int, int, int], padding: int):
         restrict_scaling_type = RestrictValueType.FP
         min_val, max_val = -1.0, 1.0
 
+    return TernaryWeight, TernaryAct
+
+
+def brevitas_net(cfg, data):
+    """The config's layer string as brevitas quantised layers: weights -> [pool] -> BN -> ternary act."""
+    import brevitas.nn as qnn
+    from torch import nn
+
+    from gxnor_cli.models.grammar import parse_arch
+
+    TernaryWeight, TernaryAct = ternary_quantizers()
+    arch, in_shape, padding = cfg.model.arch, data.shape, cfg.model.padding
     layers, (channels, side, _), flat = [], in_shape, None
     specs = parse_arch(arch)
     for spec in specs:
@@ -89,8 +97,8 @@ def brevitas_net(arch: str, in_shape: tuple[int, int, int], padding: int):
     return nn.Sequential(*layers)
 
 
-def brevitas_row(overrides: list[str], out: str, threads: int) -> dict:
-    """Train the brevitas net on gxnor's batches of ``overrides``' config."""
+def brevitas_row(overrides: list[str], out: str, threads: int, build=brevitas_net) -> dict:
+    """Train the brevitas net ``build(cfg, data)`` makes on gxnor's batches of ``overrides``' config."""
     import torch
 
     from gxnor_cli.config import load_config
@@ -99,11 +107,10 @@ def brevitas_row(overrides: list[str], out: str, threads: int) -> dict:
     from gxnor_cli.training.loop import lr_at, squared_hinge
 
     torch.set_num_threads(threads)
-    cfg = load_config(overrides)
-    cfg.optim.lr, cfg.optim.lr_end = BREVITAS_LR, BREVITAS_LR / 100
+    cfg = load_config(overrides).replace(**{"optim.lr": BREVITAS_LR, "optim.lr_end": BREVITAS_LR / 100})
     data = load_data(cfg.data, cfg.trainer.val_fraction, cfg.trainer.seed)
     torch.manual_seed(cfg.trainer.seed)
-    model = brevitas_net(cfg.model.arch, data.shape, cfg.model.padding)
+    model = build(cfg, data)
     weights = [m.weight for m in model.modules() if hasattr(m, "weight_quant")]
     with torch.no_grad():
         for w in weights:  # the recipe's init (torch's default would sit inside the zero band)

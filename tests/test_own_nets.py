@@ -75,6 +75,20 @@ NETS = textwrap.dedent('''
         return 42
 
 
+    class MeanPool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.act = nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Hardtanh()
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(self.act(self.bn(self.conv(x))).mean((2, 3)))
+
+
+    def meanpool():
+        return MeanPool()
+
+
     def seven_classes():
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 7))
 ''')
@@ -104,10 +118,30 @@ def test_a_residual_net_of_your_own_trains_ternary_and_evaluates(cli, nets):
     evaluated = json.loads(out)
     assert evaluated["acc"] == pytest.approx(result["test_acc"])
     assert {"4.conv1", "4.short.0", "3.act2"} <= {row["layer"] for row in evaluated["layers"]}
-    code, _, err = cli("export", result["run_id"])
+    code, _, err = cli("export", result["run_id"])  # packed: not yet for own networks
     assert code == 2 and "your own (model.target=mynets.resnet)" in err and len(err.strip().splitlines()) == 1
+    assert_onnx_agrees(cli, result["run_id"], model, nets.parent / "own.onnx")
     code, _, err = cli("summary", result["run_id"])
     assert code == 2 and "gxnor eval RUN gives your own network's" in err and len(err.strip().splitlines()) == 1
+
+
+def assert_onnx_agrees(cli, run_id: str, model: nn.Module, path) -> None:
+    """`gxnor export --format onnx` of an own net: onnxruntime's scores on the digits test
+    images equal the torch model's (float32 rounding apart) and so do the classes."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from gxnor_cli.data.sources import read_arrays
+    from gxnor_cli.data.splits import scale
+
+    code, _, err = cli("export", run_id, "--format", "onnx", "--out", str(path))
+    assert code == 0, err
+    images = read_arrays("digits").test.images
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": images.astype("float32")})[0]
+    with torch.no_grad():
+        want = model.eval()(scale(torch.from_numpy(images), 16.0)).numpy()
+    assert got.shape == want.shape and abs(got - want).max() < 1e-3 * max(1.0, abs(want).max())
+    assert (got.argmax(1) == want.argmax(1)).mean() > 0.99  # (a near tie may round the other way)
 
 
 def test_own_nets_sweep_over_their_factory_arguments(cli, nets):
@@ -133,6 +167,15 @@ def test_what_cannot_be_discretized_is_refused_before_anything_is_written(cli, n
     code, out, err = cli("train", f"model._target_={target}", "trainer.epochs=1")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert runs_in_store(nets) == [] and not (nets / "checkpoints").exists()
+
+
+def test_an_own_net_the_onnx_exporter_cannot_express_is_refused_naming_the_node(cli, nets):
+    code, out, err = cli("train", "model._target_=mynets.meanpool", "trainer.epochs=1", "--json")
+    assert code == 0, err
+    path = nets.parent / "mean.onnx"
+    code, _, err = cli("export", json.loads(out)["run_id"], "--format", "onnx", "--out", str(path))
+    assert code == 2 and "node mean (call_method mean)" in err and len(err.strip().splitlines()) == 1, err
+    assert not path.exists()
 
 
 def test_discretize_from_python_swaps_layers_in_place():
@@ -175,6 +218,9 @@ def test_the_resnet_presets_build_for_their_data_and_train(cli, runs_dir):
     assert sum(m.num_weights for m in convs) + model[-2].num_weights == 270_896
     code, out, err = cli("train", "model=resnet8", "model.width=8", "trainer.epochs=3", "--json")
     assert code == 0, err
-    assert json.loads(out)["test_acc"] > 0.5
+    result = json.loads(out)
+    assert result["test_acc"] > 0.5
+    assert_onnx_agrees(cli, result["run_id"], load_trained(checkpoint.load(result["checkpoint"]))[1],
+                       runs_dir.parent / "resnet8.onnx")
     code, _, err = cli("train", "model=resnet8", "model.depth=9")
     assert code == 2 and "depth must be 6 n + 2" in err

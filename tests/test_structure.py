@@ -161,7 +161,7 @@ def test_typer_and_mlflow_each_have_one_importer():
 
 def test_trainer_epochs_reaches_the_loop_straight_down(runs_dir, cli, monkeypatch):
     """`gxnor train trainer.epochs=N`: when the loop starts, the package's frames on the stack
-    run through at most 7 modules, each entered once (no module calls back into one above it),
+    run from the entry through at most 7 modules, each entered once (no module calls back into one above it),
     and the loop holds the very value the command line gave."""
     from gxnor_cli.training.loop import Trainer
 
@@ -179,6 +179,8 @@ def test_trainer_epochs_reaches_the_loop_straight_down(runs_dir, cli, monkeypatc
     assert code == 0, err
     assert seen["epochs"] == 1
     chain = [m for i, m in enumerate(seen["modules"]) if i == 0 or seen["modules"][i - 1] != m]
+    assert chain[0] == "gxnor_cli.entry"  # the console script, which hands everything but a packed eval on
+    chain = chain[1:]
     assert chain[0] == "gxnor_cli.cli" and chain[-1] == "gxnor_cli.training.run"
     assert len(chain) == len(set(chain)) <= 7 - 1, chain  # 7 with the loop's own module
 

@@ -155,11 +155,12 @@ def source_info(payload: dict, cfg) -> dict:
 
 
 def check_exportable(cfg) -> None:
-    """Refuse, in one line, a network the exporters cannot express: so far they take the nets
-    of the layer notation (model.arch), block by block."""
+    """Refuse, in one line, a network the packed (and so the QONNX) exporter cannot express:
+    so far it takes the nets of the layer notation (model.arch), block by block (own networks
+    export to ONNX through torch.fx, deploy.onnx_graph)."""
     if cfg.model.target:
-        raise UserError(f"this run's network is your own (model.target={cfg.model.target}); the packed, ONNX and "
-                        f"QONNX exports take layer-notation nets (model.arch) only so far: use its checkpoint")
+        raise UserError(f"this run's network is your own (model.target={cfg.model.target}); the packed and QONNX "
+                        f"exports take layer-notation nets (model.arch) only so far: --format onnx exports it")
 
 
 def export_run(payload: dict, out: Path, version: int = packed.VERSION) -> tuple[dict, nn.Module]:

@@ -7,22 +7,45 @@ format is the one at the true bit width.  The graph takes raw inputs v in [0, v_
     Conv / MatMul (state values as constants) -> [MaxPool] -> z = a y + b (BatchNorm, eval)
     phi(z) = sign(z) * dz * clip(ceil((|z| - r) / s), 0, K)      (binary: +1 if z >= 0 else -1)
 
-and returns the class scores of the last block.  Built with onnx's helper API, opset 17;
-needs the optional ``onnx`` package (``pip install 'gxnor[onnx]'``).
+and returns the class scores of the last block.
+
+Your own networks (``model.target``) are traced with torch.fx, gxnor's layers as leaves, and
+each node of the trace becomes:
+
+    DiscreteConv2d               Conv (kernel_shape, strides, pads; no groups, no dilation)
+    DiscreteLinear               MatMul with W^T
+    Biased                       its layer, then Add the bias
+    Conv2d, Linear (kept float)  Conv / MatMul, Add the bias
+    BatchNorm1d / 2d             z = a y + b (eval statistics): Mul, Add
+    MultiStep                    phi as above
+    ReLU, Hardtanh (float acts)  Relu, Clip
+    MaxPool2d, AvgPool2d         MaxPool, AveragePool
+    AdaptiveAvgPool2d(1)         GlobalAveragePool
+    Flatten, flatten(x, 1), x.view(N, -1), x.reshape(N, -1)    Flatten(axis=1)
+    Identity, Dropout            nothing
+    x + y, torch.add(x, y)       Add (a residual)
+    torch.cat(xs, dim)           Concat
+
+Anything else is refused in one line that names the node: never exported wrong.  Built with
+onnx's helper API, opset 17; needs the optional ``onnx`` package (``pip install 'gxnor[onnx]'``).
 """
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.fx
+from torch import nn
 
 from ..checkpoint import atomic_write
 from ..discrete.activation import MultiStep
-from ..discrete.layers import DiscreteConv2d, DiscreteLayer
+from ..discrete.layers import Biased, DiscreteConv2d, DiscreteLayer
 from ..errors import UserError
 from ..models.nets import load_trained
-from .fold import bn_affine, check_exportable
+from .fold import bn_affine
 from .formats import export_format
 
 OPSET = 17
@@ -84,12 +107,26 @@ class GraphBuilder:
         return len(data)
 
 
+def phi(g: GraphBuilder, x: str, steps) -> str:
+    """The multi-step activation on ``x``, exactly as gxnor_cli.discrete.activation.Steps
+    defines it."""
+    const, node = g.const, g.node
+    if steps.binary:
+        return node("Where", node("GreaterOrEqual", x, const(0.0)), const(1.0), const(-1.0))
+    count = node("Ceil", node("Div", node("Sub", node("Abs", x), const(steps.window)), const(steps.step)))
+    count = node("Clip", count, const(0.0), const(float(steps.levels)))
+    return node("Mul", node("Mul", node("Sign", x), count), const(steps.height))
+
+
 @export_format("onnx", suffix=".onnx")
 def export_onnx(payload: dict, path: Path) -> int:
     """Write the checkpoint ``payload`` as an ONNX model; returns the file size."""
     require_onnx("onnx")
     cfg, model = load_trained(payload)
-    check_exportable(cfg)
+    if cfg.model.target:
+        return export_own_onnx(model, payload["in_shape"], payload["num_classes"], float(payload["max_value"]), path,
+                               f"gxnor own network {cfg.model.target} W{cfg.quant.weight_states}/A{cfg.quant.act_states}; "
+                               f"input: raw values in [0, {float(payload['max_value']):g}]")
     g = GraphBuilder()
     const, node = g.const, g.node
 
@@ -112,15 +149,138 @@ def export_onnx(payload: dict, path: Path) -> int:
             shape = (1, -1)
         a, b = bn_affine(block.norm)
         x = node("Add", node("Mul", x, const(a.reshape(shape))), const(b.reshape(shape)))
-        if act is None:
-            continue
-        steps = act.steps  # phi exactly as gxnor_cli.discrete.activation.Steps defines it
-        if steps.binary:
-            x = node("Where", node("GreaterOrEqual", x, const(0.0)), const(1.0), const(-1.0))
-        else:
-            count = node("Ceil", node("Div", node("Sub", node("Abs", x), const(steps.window)), const(steps.step)))
-            count = node("Clip", count, const(0.0), const(float(steps.levels)))
-            x = node("Mul", node("Mul", node("Sign", x), count), const(steps.height))
+        if act is not None:
+            x = phi(g, x, act.steps)
     return g.write(path, "gxnor", payload["in_shape"], payload["num_classes"],
                    f"gxnor {cfg.model.arch} W{cfg.quant.weight_states}/A{cfg.quant.act_states}; "
                    f"input: raw values in [0, {max_value:g}]")
+
+
+# -- your own networks, through torch.fx ---------------------------------------------------
+class Untraceable(UserError):
+    pass
+
+
+def trace(model: nn.Module, in_shape) -> torch.fx.GraphModule:
+    """The model as a torch.fx graph with gxnor's layers as leaves, every node's output shape
+    recorded (node.meta["tensor_meta"])."""
+    import torch.fx
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+            return isinstance(m, (DiscreteLayer, Biased, MultiStep)) or super().is_leaf_module(m, name)
+
+    try:
+        graph = Tracer().trace(model)
+    except Exception as err:  # data-dependent control flow, and the like
+        raise Untraceable(f"onnx export: torch.fx cannot trace this network ({type(err).__name__}: "
+                          f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})") from None
+    module = torch.fx.GraphModule(model, graph)
+    ShapeProp(module).propagate(torch.zeros(2, *in_shape))
+    return module
+
+
+def _shape(node) -> tuple:
+    return tuple(node.meta["tensor_meta"].shape)
+
+
+def _weighted(g: GraphBuilder, m: nn.Module, x: str) -> str:
+    """A (discrete or float) convolution or dense layer on ``x``, with its bias if it has one."""
+    layer, bias = (m.layer, m.bias) if isinstance(m, Biased) else (m, getattr(m, "bias", None))
+    if isinstance(layer, DiscreteLayer):
+        w = layer.weight().detach().numpy()
+    else:
+        w = layer.weight.detach().numpy()
+    if isinstance(layer, (DiscreteConv2d, nn.Conv2d)):
+        k, stride, pad = ((layer.kernel_size, layer.stride, layer.padding) if isinstance(layer, DiscreteConv2d)
+                          else (layer.kernel_size[0], layer.stride[0], layer.padding[0]))
+        y = g.node("Conv", x, g.const(w), kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4,
+                   dilations=[1, 1], group=1)
+        shape = (1, -1, 1, 1)
+    else:
+        y, shape = g.node("MatMul", x, g.const(w.T)), (1, -1)
+    if bias is not None:
+        y = g.node("Add", y, g.const(bias.detach().numpy().reshape(shape)))
+    return y
+
+
+def _module(g: GraphBuilder, node, m: nn.Module, x: str) -> str:
+    """The ONNX nodes of the module call ``node`` on ``x``; Untraceable when there is none."""
+    if isinstance(m, (DiscreteLayer, Biased)) or (isinstance(m, nn.Conv2d) and m.groups == 1
+                                                  and m.dilation == (1, 1) and m.padding_mode == "zeros"
+                                                  and not isinstance(m.padding, str)) or isinstance(m, nn.Linear):
+        return _weighted(g, m, x)
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        a, b = bn_affine(m)
+        shape = (1, -1, 1, 1) if len(_shape(node)) == 4 else (1, -1)
+        return g.node("Add", g.node("Mul", x, g.const(a.reshape(shape))), g.const(b.reshape(shape)))
+    if isinstance(m, MultiStep):
+        return phi(g, x, m.steps)
+    if isinstance(m, nn.ReLU):
+        return g.node("Relu", x)
+    if isinstance(m, nn.Hardtanh):
+        return g.node("Clip", x, g.const(m.min_val), g.const(m.max_val))
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and not m.ceil_mode and getattr(m, "dilation", 1) in (1, (1, 1)):
+        pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+        k, stride, pad = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding)
+        attrs = {"kernel_shape": k, "strides": stride, "pads": pad + pad}
+        if isinstance(m, nn.AvgPool2d):
+            if m.divisor_override:
+                raise Untraceable(f"onnx export: node {node.target} ({m}): divisor_override has no ONNX form")
+            attrs["count_include_pad"] = int(m.count_include_pad)
+            return g.node("AveragePool", x, **attrs)
+        return g.node("MaxPool", x, **attrs)
+    if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+        return g.node("GlobalAveragePool", x)
+    if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+        return g.node("Flatten", x, axis=1)
+    if isinstance(m, (nn.Identity, nn.Dropout)):
+        return x
+    raise Untraceable(f"onnx export: node {node.target} ({type(m).__name__}) has no ONNX form in gxnor's exporter")
+
+
+def _flattens(node) -> bool:
+    """flatten(x, 1) / x.flatten(1) / x.view(N, -1) / x.reshape(N, -1): a 2-D result that keeps the batch."""
+    out, inp = _shape(node), _shape(node.args[0])
+    return len(out) == 2 and out[0] == inp[0] and out[1] == int(np.prod(inp[1:]))
+
+
+def _function(g: GraphBuilder, node, values: dict) -> str:
+    name = getattr(node.target, "__name__", str(node.target))
+    args = [values.get(a.name) if isinstance(a, torch.fx.Node) else a for a in node.args]
+    if node.target in (operator.add, torch.add) or name in ("add", "add_"):
+        if all(isinstance(a, str) for a in args[:2]) and len(args) == 2 and not node.kwargs:
+            return g.node("Add", args[0], args[1])
+    if name in ("flatten", "view", "reshape") and _flattens(node):
+        return g.node("Flatten", args[0], axis=1)
+    if node.target is torch.cat:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        return g.node("Concat", *[values[a.name] for a in node.args[0]], axis=int(dim))
+    raise Untraceable(f"onnx export: node {node.name} ({node.op} {name}) has no ONNX form in gxnor's exporter")
+
+
+def export_own_onnx(model: nn.Module, in_shape, num_classes: int, max_value: float, path: Path, doc: str) -> int:
+    """Write the own network ``model`` (discretized, eval mode) as ONNX; returns the file size."""
+    module = trace(model.eval(), in_shape)
+    g = GraphBuilder()
+    values: dict[str, str] = {}
+    for node in module.graph.nodes:
+        if node.op == "placeholder":
+            values[node.name] = g.node("Sub", g.node("Mul", "input", g.const(2.0 / max_value)), g.const(1.0))
+        elif node.op == "call_module":
+            values[node.name] = _module(g, node, module.get_submodule(node.target), values[node.args[0].name])
+        elif node.op in ("call_function", "call_method"):
+            if node.op == "call_method" and node.target == "size":
+                continue  # only read by a view / reshape, which uses its recorded shape
+            values[node.name] = _function(g, node, values)
+        elif node.op == "output":
+            out = node.args[0]
+            if not isinstance(out, torch.fx.Node):
+                raise Untraceable("onnx export: the network must return one tensor of scores")
+            g.node("Identity", values[out.name])  # the builder names the last node's output 'scores'
+        else:  # get_attr: a parameter used directly in forward
+            raise Untraceable(f"onnx export: node {node.name} ({node.op} {node.target}) has no ONNX form in "
+                              f"gxnor's exporter")
+    return g.write(path, "gxnor", in_shape, num_classes, doc)
+

@@ -53,7 +53,7 @@ class Claim:
         self.held: Optional[Path] = None
         self._seen: tuple = ()  # (generation, mtime) as last seen, and when (monotonic) it changed
         self._since = 0.0
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # ends the heartbeat of the claim held now
 
     # -- looking at the current claim ------------------------------------------------------------
     def _current(self) -> tuple[int, Optional[Path]]:
@@ -134,11 +134,14 @@ class Claim:
         return self
 
     def _beat(self) -> None:
+        path, stop = self.held, threading.Event()
+        self._stop = stop
+
         def beat() -> None:
-            while not self._stop.wait(BEAT_S):
+            while not stop.wait(BEAT_S):
                 try:
-                    os.utime(self.held)
-                except OSError:  # taken over (we were thought dead) or the folder is gone
+                    os.utime(path)
+                except OSError:  # the folder is gone
                     return
         threading.Thread(target=beat, daemon=True, name="gxnor-claim").start()
 
