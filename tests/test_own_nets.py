@@ -224,3 +224,40 @@ def test_the_resnet_presets_build_for_their_data_and_train(cli, runs_dir):
                        runs_dir.parent / "resnet8.onnx")
     code, _, err = cli("train", "model=resnet8", "model.depth=9")
     assert code == 2 and "depth must be 6 n + 2" in err
+
+
+def test_onnx_export_of_an_own_net_with_a_float_first_layer_a_view_and_a_concat(tmp_path):
+    """Straight from Python, no training: float first conv (non-square kernel, bias), avg pool,
+    two branches concatenated, x.view(N, -1), a Linear with a bias; random BatchNorm statistics."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from gxnor_cli.deploy.onnx_graph import export_own_onnx
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 6, (3, 5), padding=(1, 2))
+            self.bn, self.act = nn.BatchNorm2d(6), nn.Hardtanh()
+            self.a, self.b = nn.Conv2d(6, 4, 3, padding=1, bias=False), nn.Conv2d(6, 4, 1, bias=False)
+            self.bn2, self.act2, self.pool = nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2)
+            self.fc = nn.Linear(8 * 4 * 4, 10)
+
+        def forward(self, x):
+            y = self.act(self.bn(self.stem(x)))
+            y = self.pool(self.act2(self.bn2(torch.cat([self.a(y), self.b(y)], 1))))
+            return self.fc(y.view(y.size(0), -1))
+
+    torch.manual_seed(0)
+    model = discretize(Net(), weight_states=5, act_states=3, float_first=True).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    images = torch.randint(0, 17, (32, 1, 8, 8), dtype=torch.uint8)
+    export_own_onnx(model, (1, 8, 8), 10, 16.0, tmp_path / "m.onnx", "test")
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": images.numpy().astype("float32")})[0]
+    with torch.no_grad():
+        want = model(images.float() * (2 / 16) - 1).numpy()
+    assert abs(got - want).max() < 1e-4 * max(1.0, abs(want).max())

@@ -193,9 +193,9 @@ def _weighted(g: GraphBuilder, m: nn.Module, x: str) -> str:
     else:
         w = layer.weight.detach().numpy()
     if isinstance(layer, (DiscreteConv2d, nn.Conv2d)):
-        k, stride, pad = ((layer.kernel_size, layer.stride, layer.padding) if isinstance(layer, DiscreteConv2d)
-                          else (layer.kernel_size[0], layer.stride[0], layer.padding[0]))
-        y = g.node("Conv", x, g.const(w), kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4,
+        k, stride, pad = ((layer.kernel_size,) * 2, (layer.stride,) * 2, (layer.padding,) * 2) \
+            if isinstance(layer, DiscreteConv2d) else (layer.kernel_size, layer.stride, layer.padding)
+        y = g.node("Conv", x, g.const(w), kernel_shape=list(k), strides=list(stride), pads=[*pad, *pad],
                    dilations=[1, 1], group=1)
         shape = (1, -1, 1, 1)
     else:
