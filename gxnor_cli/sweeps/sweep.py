@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..config import Config, ConfigError
-from ..data.sources import DATASETS, load_data
+from ..data.sources import data_roots, DATASETS, load_data
 from ..errors import UserError
 from ..models.nets import check_fits, check_model
 from ..tracking import client, views
@@ -126,10 +126,9 @@ def pinned(cfg: Config, store: Store) -> Config:
     absolute here, so that a trial whose working directory and environment differ (a Ray
     worker node, a batch job) writes into this sweep's store and reads the same files."""
     changes = {"trainer.out_dir": str(store.out_dir), "tracking.uri": store.uri}
-    local = Path("data") / cfg.data.name  # the default place, when it is here
-    root = cfg.data.root or (str(local) if local.is_dir() else None)
-    if root and not DATASETS[cfg.data.name].embedded:
-        changes["data.root"] = str(Path(root).expanduser().resolve())
+    first = data_roots(cfg.data.name, cfg.data.root)[0]  # data.root, else data/<name> when it is here
+    if not DATASETS[cfg.data.name].embedded and (cfg.data.root or first.is_dir()):
+        changes["data.root"] = str(first.resolve())
     return cfg.replace(**changes)
 
 

@@ -70,27 +70,29 @@ def job_id() -> Optional[str]:
     return None
 
 
-def adopt(point: Point, parent_id: str, store: Store) -> Point:
+def point_children(store: Store, point: Point, parent_id: str) -> list[dict]:
+    """The point's child runs under ``parent_id``, newest first."""
+    return [child for child in child_runs(store, parent_id, point.cfg.tracking.experiment)
+            if child["tags"].get("gxnor.point") == point.key]
+
+
+def adopt(point: Point, children: list[dict], store: Store) -> Point:
     """The point as this trial trains it, called while it holds the point's claim (so no
     other live process trains the point).  A trial that starts again (a Ray retry after a lost
     node, a SLURM requeue, a second copy of the sweep after the first died) finds its point's
     newest child that did not finish and carries on in it, from its last.pt."""
-    if point.run_id:  # the sweep already chose the child
+    child = next((c for c in children if c["status"] != "FINISHED"), None)
+    if point.run_id or child is None:  # the sweep already chose the child, or there is none
         return point
-    for child in child_runs(store, parent_id, point.cfg.tracking.experiment):  # newest first
-        if child["tags"].get("gxnor.point") == point.key and child["status"] != "FINISHED":
-            mine = dataclasses.replace(point)
-            carry_on(store, mine, child["run_id"])
-            return mine
-    return point
+    mine = dataclasses.replace(point)
+    carry_on(store, mine, child["run_id"])
+    return mine
 
 
-def finished(store: Store, point: Point, parent_id: str) -> Optional[dict]:
+def finished(children: list[dict]) -> Optional[dict]:
     """The result of the point's FINISHED child, when another copy of the sweep trained it."""
-    for child in child_runs(store, parent_id, point.cfg.tracking.experiment):
-        if child["tags"].get("gxnor.point") == point.key and child["status"] == "FINISHED":
-            return {"status": "FINISHED", "run_id": child["run_id"], **child["metrics"]}
-    return None
+    child = next((c for c in children if c["status"] == "FINISHED"), None)
+    return child and {"status": "FINISHED", "run_id": child["run_id"], **child["metrics"]}
 
 
 def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
@@ -110,10 +112,11 @@ def run_trial(point: Point, parent_id: str, threads: Optional[int] = None,
         return {"status": "KILLED", "run_id": point.run_id}
     with claim:
         try:
-            done = finished(store, point, parent_id)
+            children = point_children(store, point, parent_id)
         except Exception as err:  # the store is away: training would fail the same way
             return {"status": "FAILED", "run_id": point.run_id, "error": short_error(err)}
-        return done or train_point(adopt(point, parent_id, store), parent_id, threads, on_start, progress)
+        return finished(children) or train_point(adopt(point, children, store), parent_id, threads, on_start,
+                                                 progress)
 
 
 def train_point(point: Point, parent_id: str, threads: Optional[int], on_start, progress) -> dict:
