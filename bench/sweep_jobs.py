@@ -1,15 +1,16 @@
 """Wall time of a 4-point `gxnor sweep` with --jobs 1 vs --jobs 2, side by side.
 
 The grid is weight states {2, 3} x activation states {2, 3} of the default digits net
-(EPOCHS epochs each).  Each sweep runs as a real `gxnor` command in its own empty
+(--epochs each, default 30: trials of ~7 s, where fixed costs weigh; 150: ~25 s).  Each sweep runs as a real `gxnor` command in its own empty
 directory whose MLflow store was migrated beforehand (migrations are not what we time).
 --jobs 2 gives each worker cores/2 torch threads; --jobs 1 gives the one trial all cores.
 
-    python bench/sweep_jobs.py
+    python bench/sweep_jobs.py [--epochs E]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -18,11 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-EPOCHS = 30
-GRID = ["quant.weight_states=2,3", "quant.act_states=2,3", f"trainer.epochs={EPOCHS}"]
+GRID = ["quant.weight_states=2,3", "quant.act_states=2,3"]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=30)
+    epochs = parser.parse_args().epochs
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -34,13 +37,13 @@ def main() -> None:
             (work / "runs").mkdir(parents=True)
             shutil.copy(template, work / "runs" / "mlflow.db")
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "gxnor_cli", "sweep", *GRID, "--jobs", str(jobs)], cwd=work,
+            subprocess.run([sys.executable, "-m", "gxnor_cli", "sweep", *GRID, f"trainer.epochs={epochs}", "--jobs", str(jobs)], cwd=work,
                            check=True, capture_output=True, text=True, env=dict(os.environ))
             times[jobs] = time.perf_counter() - start
-    print(f"4-point sweep on digits ({EPOCHS} epochs per point), {os.cpu_count()} cores")
+    print(f"4-point sweep on digits ({epochs} epochs per point), {os.cpu_count()} cores")
     for jobs, seconds in times.items():
         print(f"--jobs {jobs}: {seconds:6.1f} s")
-    print(f"RESULT jobs1_s={times[1]:.1f} jobs2_s={times[2]:.1f} speedup_jobs2={times[1] / times[2]:.2f}")
+    print(f"RESULT epochs={epochs} jobs1_s={times[1]:.1f} jobs2_s={times[2]:.1f} speedup_jobs2={times[1] / times[2]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The local launcher: trials on this machine.
 
 ``--jobs 1`` runs trials one after another in this process;
-``--jobs N`` runs up to N at once, each in a worker process of its own with cores/N
-torch threads.  Faults, each ending with an honest status:
+``--jobs N`` runs up to N at once in N worker processes with cores/N torch threads each,
+every worker kept for trial after trial (its imports and store check paid once).  Faults, each ending with an honest status:
 
 - a worker that dies (OOM killer, kill -9) is a FAILED trial, its run marked FAILED; the
   other trials go on;
@@ -52,25 +52,61 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker(conn, point: Point, parent_id: str, threads: int, parent: int) -> None:
-    """Entry of a worker process: one trial, its run id and result sent through ``conn``."""
+def _worker(conn, parent_id: str, threads: int, parent: int) -> None:
+    """Entry of a worker process: trials one after another, each point received through
+    ``conn`` and its run id, progress and result sent back, until ``None`` (or the sweep's
+    end) says there are no more.  A worker pays its start-up (torch, MLflow and the store's
+    check: seconds) once, not once a trial."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the sweep only, which passes it on once
     import torch
-
 
     install_interrupt_handler(quiet=True, escalate=False)
     _die_with_parent(parent)
     torch.set_num_threads(threads)
+
     def send(message: tuple) -> None:
         try:
             conn.send(message)
         except OSError:  # the sweep is gone; its death signal stops this trial at the next batch
             pass
 
-    result = run_trial(point, parent_id, threads, on_start=lambda run_id: send(("started", run_id)),
-                       on_progress=lambda line: send(("progress", line)))
-    send(("done", {k: v for k, v in result.items() if k != "traceback"}))
+    while not stop_requested():
+        try:
+            point = conn.recv()
+        except (EOFError, OSError):
+            break
+        if point is None:
+            break
+        result = run_trial(point, parent_id, threads, on_start=lambda run_id: send(("started", run_id)),
+                           on_progress=lambda line: send(("progress", line)))
+        send(("done", {k: v for k, v in result.items() if k != "traceback"}))
     conn.close()
+
+
+@dataclass
+class _Worker:
+    process: object
+    conn: object
+    point: Optional[Point] = None  # the trial it runs (None: idle)
+    retired: bool = False  # told that no more trials come
+
+    def retire(self) -> None:
+        """Tell it that no more trials come (it then exits)."""
+        if not self.retired:
+            self.retired = True
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Retire it and wait for it (killed after 30 s)."""
+        self.retire()
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
 
 
 @LAUNCHERS.register("local")
@@ -114,61 +150,78 @@ class LocalLauncher:
                 raise KeyboardInterrupt
 
     def _pool(self, points: list[Point], parent_id: str, update: Update, on_lost: Lost) -> None:
+        """Up to ``jobs`` worker processes, each kept for trial after trial; a worker that dies
+        fails its trial and a new one takes the next point."""
         import multiprocessing
         from multiprocessing.connection import wait
-
 
         context = multiprocessing.get_context("spawn")
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         queue = [p for p in points if p.status == "PENDING"]
-        running: dict = {}  # sentinel -> (point, process, connection)
+        workers: dict = {}  # sentinel -> _Worker
         stopping = False
+
+        def start() -> _Worker:
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_worker, args=(theirs, parent_id, threads, os.getpid()), daemon=True)
+            process.start()
+            theirs.close()
+            workers[process.sentinel] = worker = _Worker(process, mine)
+            return worker
+
         try:
-            while queue or running:
+            while queue or any(w.point for w in workers.values()):
                 if stop_requested() and not stopping:
                     stopping = True
                     for point in queue:
                         point.status = "KILLED"
                     queue = []
-                    for _, process, _ in running.values():
-                        if process.pid:
-                            os.kill(process.pid, signal.SIGINT)
+                    for worker in workers.values():
+                        if worker.point is not None and worker.process.pid:
+                            os.kill(worker.process.pid, signal.SIGINT)
                     update(points)
-                while queue and len(running) < self.jobs:
-                    point = queue.pop(0)
-                    mine, theirs = context.Pipe(duplex=False)
-                    process = context.Process(target=_worker, args=(theirs, point, parent_id, threads, os.getpid()),
-                                              daemon=True)
-                    process.start()
-                    theirs.close()
+                idle = [w for w in workers.values() if w.point is None and w.process.is_alive()]
+                while queue and (idle or len(workers) < self.jobs):
+                    worker = idle.pop() if idle else start()
+                    worker.point = point = queue.pop(0)
+                    worker.conn.send(point)
                     point.status = "RUNNING"
-                    running[process.sentinel] = (point, process, mine)
                     update(points)
-                for ready in wait([*running, *(c for _, _, c in running.values())], timeout=0.5):
-                    self._collect(ready, running, update, points, on_lost)
+                for worker in idle:  # nothing left for it
+                    worker.retire()
+                for ready in wait([*workers, *(w.conn for w in workers.values())], timeout=0.5):
+                    self._collect(ready, workers, update, points, on_lost)
         except KeyboardInterrupt:  # a second signal: stop at once
-            for point, process, _ in running.values():
-                process.kill()
-                process.join()
-                point.status = "KILLED"
-                on_lost(point, "KILLED", "the sweep was stopped at once")
+            for worker in workers.values():
+                worker.process.kill()
+                worker.process.join()
+                if worker.point is not None:
+                    worker.point.status = "KILLED"
+                    on_lost(worker.point, "KILLED", "the sweep was stopped at once")
             for point in queue:
                 point.status = "KILLED"
             update(points)
             raise
+        finally:
+            for worker in workers.values():
+                worker.retire()
+            for worker in workers.values():
+                worker.close()
         if stopping:
             raise KeyboardInterrupt
 
     @staticmethod
-    def _collect(ready, running: dict, update: Update, points: list[Point], on_lost: Lost) -> None:
-        entry = next(((s, e) for s, e in running.items() if ready is s or ready is e[2]), None)
-        if entry is None:
+    def _collect(ready, workers: dict, update: Update, points: list[Point], on_lost: Lost) -> None:
+        """Read what ``ready`` (a worker's pipe or its process sentinel) has to say."""
+        sentinel, worker = next(((s, w) for s, w in workers.items() if ready is s or ready is w.conn), (None, None))
+        if worker is None:
             return
-        sentinel, (point, process, conn) = entry
-        result = None
+        point, result = worker.point, None
         try:
-            while conn.poll():
-                kind, value = conn.recv()
+            while worker.conn.poll():
+                kind, value = worker.conn.recv()
+                if point is None:
+                    continue
                 if kind == "started":
                     point.run_id = value
                 elif kind == "progress":
@@ -179,19 +232,14 @@ class LocalLauncher:
             pass
         if result is not None:
             record(point, result)
-        elif process.is_alive():
-            update(points)  # a start or progress message
-            return
-        else:
-            process.join()
-            code = process.exitcode
-            how = f"signal {-code} ({signal.Signals(-code).name})" if code and code < 0 else f"exit code {code}"
-            point.status, point.error = "FAILED", f"worker died ({how})"
-            on_lost(point, "FAILED", point.error)
-        if result is not None or not process.is_alive():
-            process.join()
-            conn.close()
-            del running[sentinel]
+            worker.point = None
+        if not worker.process.is_alive():
+            worker.process.join()
+            if worker.point is not None:
+                code = worker.process.exitcode
+                how = f"signal {-code} ({signal.Signals(-code).name})" if code and code < 0 else f"exit code {code}"
+                point.status, point.error = "FAILED", f"worker died ({how})"
+                on_lost(point, "FAILED", point.error)
+            worker.conn.close()
+            del workers[sentinel]
         update(points)
-
-
