@@ -46,7 +46,8 @@ from gxnor_cli import checkpoint
 from gxnor_cli.config import load_config
 from gxnor_cli.data.sources import load_data
 from gxnor_cli.deploy.engine import PackedModel
-from gxnor_cli.deploy.fold import export_run, predict_torch
+from gxnor_cli.deploy.fold import predict_torch
+from gxnor_cli.deploy.fold_graph import export_run
 from gxnor_cli.deploy.onnx_graph import export_onnx
 from gxnor_cli.deploy.packed import packed_weight_bytes
 from gxnor_cli.models.nets import build_model

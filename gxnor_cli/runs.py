@@ -20,9 +20,11 @@ from .config import DataConfig
 from .data.sources import load_data
 from .deploy import onnx_graph, packed, qonnx_graph  # noqa: F401  (importing a format registers it)
 from .deploy.engine import PackedModel
+from .deploy.graph_engine import load_packed
 from .deploy.evaluate import check_data_root, is_packed, packed_data, write_predictions
 from .deploy.formats import FORMATS
-from .deploy.fold import export_run, fp32_state_bytes
+from .deploy.fold import fp32_state_bytes
+from .deploy.fold_graph import export_run
 from .discrete.layers import summarize
 from .errors import UserError
 from .models.measure import evaluate_split, label, predict
@@ -104,7 +106,7 @@ def export(path: Path, fmt: str, local: Store, out: Optional[Path] = None, expli
             print(f"gxnor: not logged to the run: {error}", file=sys.stderr)
     if fmt == "packed":
         manifest, _ = packed.read(target)
-        weights = sum(int(np.prod(l["weight"]["shape"])) for l in manifest["layers"])
+        weights = sum(int(np.prod(w["shape"])) for w in packed.weight_entries(manifest))
         written.update(weights=weights, packed_bytes=packed.packed_weight_bytes(manifest),
                        fp32_bytes=fp32_state_bytes(load_trained(payload)[1]))
     return written
@@ -114,15 +116,11 @@ def export(path: Path, fmt: str, local: Store, out: Optional[Path] = None, expli
 def summary(path: Path, samples: int = 256, data_root=None) -> tuple[list[dict], dict]:
     """``gxnor summary`` of a checkpoint (exported to a temporary packed file) or a packed file."""
     if is_packed(path):
-        return packed_summary(PackedModel.load(Path(path), "gemm"), Path(path).stat().st_size, samples, data_root)
+        return packed_summary(load_packed(Path(path), "gemm"), Path(path).stat().st_size, samples, data_root)
     payload = load_checkpoint(path)
-    if (payload.get("config", {}).get("model") or {}).get("target"):
-        raise UserError("gxnor summary measures a model through its packed export, which takes layer-notation nets "
-                        "only so far; gxnor eval RUN gives your own network's states, bits and resting probability "
-                        "per layer")
     with tempfile.TemporaryDirectory() as tmp:
         size = export_run(payload, Path(tmp) / "model.gxnor")[0]["bytes"]
-        model = PackedModel.load(Path(tmp) / "model.gxnor", "gemm")
+        model = load_packed(Path(tmp) / "model.gxnor", "gemm")
     return packed_summary(model, size, samples, data_root)
 
 
@@ -136,7 +134,7 @@ def packed_summary(model: PackedModel, file_bytes: int, samples: int = 256,
     model.predict(images)
     n, version = len(images), model.manifest["version"]
     rows = []
-    for layer, events in zip(model.manifest["layers"], model.event_table()):
+    for layer, events in zip(model.weight_specs(), model.event_table()):
         w = layer["weight"]
         rows.append({"layer": layer["name"], "kind": layer["kind"], "states": w["states"],
                      "weights": math.prod(w["shape"]), "bits": packed.weight_bits(w["states"], version),

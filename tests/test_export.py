@@ -11,7 +11,8 @@ from gxnor_cli.deploy import packed
 from gxnor_cli.discrete.activation import MultiStep
 from gxnor_cli.discrete.space import Space
 from gxnor_cli.deploy.engine import PackedModel, popcount
-from gxnor_cli.deploy.fold import export_run, fold_thresholds, predict_torch
+from gxnor_cli.deploy.fold import fold_thresholds, predict_torch
+from gxnor_cli.deploy.fold_graph import export_run
 
 from conftest import TINY
 

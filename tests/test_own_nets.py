@@ -14,6 +14,7 @@ from conftest import runs_in_store
 from gxnor_cli import checkpoint
 from gxnor_cli.discrete.layers import Biased, DiscreteConv2d, DiscreteLinear
 from gxnor_cli.discrete.activation import MultiStep
+from gxnor_cli.errors import UserError
 from gxnor_cli.models.nets import load_trained
 from gxnor_cli.models.own import OwnNetError, discretize
 
@@ -118,11 +119,49 @@ def test_a_residual_net_of_your_own_trains_ternary_and_evaluates(cli, nets):
     evaluated = json.loads(out)
     assert evaluated["acc"] == pytest.approx(result["test_acc"])
     assert {"4.conv1", "4.short.0", "3.act2"} <= {row["layer"] for row in evaluated["layers"]}
-    code, _, err = cli("export", result["run_id"])  # packed: not yet for own networks
-    assert code == 2 and "your own (model.target=mynets.resnet)" in err and len(err.strip().splitlines()) == 1
+    assert_packed_agrees(cli, result, model, nets.parent / "own.gxnor")
     assert_onnx_agrees(cli, result["run_id"], model, nets.parent / "own.onnx")
-    code, _, err = cli("summary", result["run_id"])
-    assert code == 2 and "gxnor eval RUN gives your own network's" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli("summary", result["run_id"], "--json")
+    assert code == 0, err
+    rows = json.loads(out)["layers"]
+    assert [r["layer"] for r in rows] == WEIGHTED and all(r["states"] == 3 for r in rows)
+    assert all(0 < r["resting_prob"] < 1 for r in rows[1:])
+    code, _, err = cli("export", result["run_id"], "--format", "qonnx")
+    assert code == 2 and "QONNX export takes layer-notation nets" in err and len(err.strip().splitlines()) == 1
+
+
+#: The weighted nodes of mynets.resnet in the packed graph, in order (named by their module).
+WEIGHTED = ["0", "3.conv1", "3.conv2", "4.conv1", "4.conv2", "4.short.0", "7"]
+
+
+def assert_packed_agrees(cli, result: dict, model: nn.Module, path) -> None:
+    """`gxnor export` of an own net: a packed graph (format version 3) whose weights are the
+    run's states at their true bit width, and the engine's predictions on every test image are
+    the torch model's, so its accuracy is exactly the run's."""
+    from gxnor_cli.data.sources import read_arrays
+    from gxnor_cli.data.splits import scale
+    from gxnor_cli.deploy import packed
+    from gxnor_cli.deploy.graph_engine import GraphModel, load_packed
+
+    code, out, err = cli("export", result["run_id"], "--out", str(path))
+    assert code == 0, err
+    manifest, _ = packed.read(path)
+    assert manifest["version"] == 3 and {n["op"] for n in manifest["nodes"]} == {
+        "conv", "affine", "phi", "add", "avgpool", "flatten", "dense"}
+    weights = sum(m.num_weights for m in model.modules() if isinstance(m, (DiscreteConv2d, DiscreteLinear)))
+    assert f"{weights:,} weights: {packed.packed_weight_bytes(manifest):,} bytes packed (1.6" in out
+    assert packed.packed_weight_bytes(manifest) <= weights * 1.61 / 8 + 8 * len(WEIGHTED)  # whole words per node
+    engine = load_packed(path)
+    assert isinstance(engine, GraphModel)
+    images = read_arrays("digits").test.images
+    with torch.no_grad():
+        want = model.eval()(scale(torch.from_numpy(images), 16.0)).numpy()
+    got = engine.scores(images)
+    assert abs(got - want).max() < 1e-3 * max(1.0, abs(want).max())
+    assert (got.argmax(1) == want.argmax(1)).all()
+    code, out, err = cli("eval", "--engine", "packed", str(path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["acc"] == pytest.approx(result["test_acc"], abs=1e-12)
 
 
 def assert_onnx_agrees(cli, run_id: str, model: nn.Module, path) -> None:
@@ -261,3 +300,83 @@ def test_onnx_export_of_an_own_net_with_a_float_first_layer_a_view_and_a_concat(
     with torch.no_grad():
         want = model(images.float() * (2 / 16) - 1).numpy()
     assert abs(got - want).max() < 1e-4 * max(1.0, abs(want).max())
+
+
+class Tiny(nn.Module):
+    """Every op of the packed graph: a strided conv with a bias, a 1x1 shortcut, a residual,
+    max pooling with padding, global average pooling, flatten and a dense layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.Hardtanh()
+        self.conv2, self.bn2, self.act2 = nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        self.short = nn.Sequential(nn.Conv2d(6, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))
+        self.pool, self.avg, self.gap = nn.MaxPool2d(2, padding=1), nn.AvgPool2d(2, stride=1), nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.act(self.bn(self.conv(x)))
+        z = self.act2(self.bn2(self.conv2(y)) + self.short(y))
+        return self.fc(self.gap(self.avg(self.pool(z))).flatten(1))
+
+
+def tiny_graph_net(weight_states: int, act_states: int, seed: int = 0) -> nn.Module:
+    """Tiny, discretized, with random states and BatchNorm statistics (eval mode)."""
+    torch.manual_seed(seed)
+    model = discretize(Tiny(), weight_states=weight_states, act_states=act_states)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-2, 2)
+            m.running_var.uniform_(0.5, 4)
+            m.weight.data.uniform_(-1.5, 1.5)  # negative scales too
+    for m in model.modules():
+        if isinstance(m, (DiscreteConv2d, DiscreteLinear)):
+            m.state.copy_(m.space.from_index(torch.randint(0, m.space.states, m.state.shape)))
+    return model.eval()
+
+
+@pytest.mark.parametrize("weight_states, act_states", [(3, 3), (5, 9), (2, 2), (17, 3)])
+def test_the_packed_graph_computes_what_the_torch_model_computes(tmp_path, weight_states, act_states):
+    """Every op of the version-3 graph against torch, for several spaces: the same scores
+    (float32 rounding apart) and the same class on every one of 500 random images."""
+    import numpy as np
+
+    from gxnor_cli.data.splits import scale
+    from gxnor_cli.deploy.fold_graph import export_graph
+    from gxnor_cli.deploy.graph_engine import load_packed
+
+    model = tiny_graph_net(weight_states, act_states)
+    manifest = export_graph(model, (1, 8, 8), 10, 16.0, {"data": "digits"}, tmp_path / "tiny.gxnor")
+    assert {n["op"] for n in manifest["nodes"]} == {"conv", "dense", "affine", "phi", "add", "maxpool", "avgpool",
+                                                   "flatten"}
+    images = np.random.default_rng(1).integers(0, 17, (500, 1, 8, 8), dtype=np.uint8)
+    with torch.no_grad():
+        want = model(scale(torch.from_numpy(images), 16.0)).double().numpy()
+    engine = load_packed(tmp_path / "tiny.gxnor")
+    got = engine.scores(images)
+    assert abs(got - want).max() < 1e-4 * max(1.0, abs(want).max())
+    assert (got.argmax(1) == want.argmax(1)).all()
+    opened = [row["gates_opened"] for row in engine.event_table()]
+    assert len(opened) == 4 and all(0 < o for o in opened)
+
+
+def test_what_the_packed_graph_cannot_express_is_refused_naming_the_node(tmp_path):
+    from gxnor_cli.deploy.fold_graph import export_graph
+
+    class Concat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.act = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3), nn.Hardtanh()
+            self.fc = nn.Linear(4 * 36, 10)
+
+        def forward(self, x):
+            return self.fc(self.act(torch.cat([self.a(x), self.b(x)], 1)).flatten(1))
+
+    cases = [(discretize(Tiny(), float_first=True), "node conv (Conv2d) keeps float weights"),
+             (discretize(Tiny(), act_states=None), "node act (Hardtanh) has no form in the packed format"),
+             (discretize(Concat()), "node cat (call_function cat) has no form in the packed format")]
+    for model, message in cases:
+        with pytest.raises(UserError) as refused:
+            export_graph(model.eval(), (1, 8, 8), 10, 16.0, {}, tmp_path / "x.gxnor")
+        assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "x.gxnor").exists()

@@ -24,12 +24,12 @@ import resource, sys
 from pathlib import Path
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
 import numpy as np
-from gxnor_cli.deploy.engine import PackedModel
+from gxnor_cli.deploy.graph_engine import load_packed
 from gxnor_cli.deploy.packed import PackedError
 images = np.random.default_rng(0).integers(0, 17, (8, 1, 8, 8), dtype=np.uint8)
 for path in sorted(Path(sys.argv[1]).glob("*.gxnor")):
     try:
-        PackedModel.load(path).predict(images)
+        load_packed(path).predict(images)
         print(path.name, "ok")
     except PackedError as err:
         assert "\n" not in str(err)
@@ -39,18 +39,27 @@ for path in sorted(Path(sys.argv[1]).glob("*.gxnor")):
 """
 
 
-@pytest.fixture(scope="module")
-def export(tmp_path_factory) -> bytes:
-    """A real packed export of a small random ternary net for 8x8 digits."""
+def make_export(kind: str, path: Path) -> bytes:
+    """A real packed export of a small random ternary net for 8x8 digits: a layer-notation net
+    (``layers``: version 2) or an own residual net (``graph``: version 3)."""
     from gxnor_cli.config import load_config
     from gxnor_cli.deploy.fold import export_packed
+    from gxnor_cli.deploy.fold_graph import export_graph
     from gxnor_cli.models.nets import build_model
+    from test_own_nets import tiny_graph_net
 
-    cfg = load_config(["model.arch=8C3-MP2-16C3-32FC-10"])
-    model = build_model(cfg.model, cfg.quant, (1, 8, 8), 10).eval()
-    path = tmp_path_factory.mktemp("export") / "model.gxnor"
-    export_packed(model, (1, 8, 8), 10, 16.0, {"data": "digits"}, path)
+    if kind == "graph":
+        export_graph(tiny_graph_net(3, 3), (1, 8, 8), 10, 16.0, {"data": "digits"}, path)
+    else:
+        cfg = load_config(["model.arch=8C3-MP2-16C3-32FC-10"])
+        model = build_model(cfg.model, cfg.quant, (1, 8, 8), 10).eval()
+        export_packed(model, (1, 8, 8), 10, 16.0, {"data": "digits"}, path)
     return path.read_bytes()
+
+
+@pytest.fixture(scope="module", params=["layers", "graph"])
+def export(tmp_path_factory, request) -> bytes:
+    return make_export(request.param, tmp_path_factory.mktemp("export") / "model.gxnor")
 
 
 def split(raw: bytes) -> tuple[int, dict, bytes]:
@@ -131,15 +140,22 @@ def test_thousands_of_mutants_run_or_are_refused_in_one_line(export, tmp_path):
     assert counts["refused"] > 10000
 
 
-@pytest.mark.parametrize("claim, message", [
-    (lambda m: m["layers"][0].update(padding=10_000), "padding"),
-    (lambda m: m["layers"][0].update(pool=10_000), "shrink to nothing"),
-    (lambda m: m["input"].update(shape=[1, 100_000, 100_000]), "larger than a packed model may claim"),
-    (lambda m: m["layers"][1].update(kernel=3000), "does not fit"),
+@pytest.mark.parametrize("kind, claim, message", [
+    ("layers", lambda m: m["layers"][0].update(padding=10_000), "padding"),
+    ("layers", lambda m: m["layers"][0].update(pool=10_000), "shrink to nothing"),
+    ("layers", lambda m: m["input"].update(shape=[1, 100_000, 100_000]), "larger than a packed model may claim"),
+    ("layers", lambda m: m["layers"][1].update(kernel=3000), "does not fit"),
+    ("graph", lambda m: m["nodes"][0].update(padding=10_000), "padding 10000"),
+    ("graph", lambda m: m["input"].update(shape=[1, 100_000, 100_000]), "larger than a packed model may claim"),
+    ("graph", lambda m: next(n for n in m["nodes"] if n["op"] == "maxpool").update(kernel=[3000, 3000]),
+     "shrink to nothing"),
+    ("graph", lambda m: m["nodes"][-1].update(inputs=["nowhere"]), "must name earlier nodes"),
+    ("graph", lambda m: next(n for n in m["nodes"] if n["op"] == "add")["inputs"].reverse() or
+     m["nodes"].reverse(), "must name earlier nodes"),
 ])
-def test_claims_of_sizes_are_refused_before_anything_is_allocated(export, tmp_path, cli, claim, message):
+def test_claims_of_sizes_are_refused_before_anything_is_allocated(tmp_path, cli, kind, claim, message):
     """Through the real entry point, under the suite's own memory: one line, exit 2."""
-    version, manifest, body = split(export)
+    version, manifest, body = split(make_export(kind, tmp_path / "model.gxnor"))
     claim(manifest)
     path = tmp_path / "bomb.gxnor"
     path.write_bytes(join(version, manifest, body))

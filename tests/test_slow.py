@@ -25,7 +25,8 @@ def test_mnist_net_epoch_on_fashion_mnist_and_exact_engine(cli, runs_dir, tmp_pa
     assert result["test_acc"] > 0.7  # one epoch of a ternary net on Fashion-MNIST
 
     from gxnor_cli.deploy.engine import PackedModel
-    from gxnor_cli.deploy.fold import export_run, predict_torch
+    from gxnor_cli.deploy.fold import predict_torch
+    from gxnor_cli.deploy.fold_graph import export_run
 
     payload = checkpoint.load(result["checkpoint"])
     export_run(payload, tmp_path / "m.gxnor")

@@ -304,6 +304,10 @@ class PackedModel:
         with _blas().limit(limits=1):
             return np.concatenate([s.argmax(1) for s in self._pool[1].map(self.scores, batches)])
 
+    def weight_specs(self) -> list[dict]:
+        """Per layer: name, kind (conv, dense) and its weight entry (the manifest's layers)."""
+        return self.manifest["layers"]
+
     def reset_events(self) -> None:
         for layer in self.layers:
             layer.events = Events()

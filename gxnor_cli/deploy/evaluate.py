@@ -13,6 +13,7 @@ from ..data.sources import DATASETS, read_arrays
 from ..data.splits import Dataset
 from ..errors import UserError
 from .engine import PackedModel
+from .graph_engine import load_packed
 from .packed import MAGIC
 
 
@@ -70,5 +71,5 @@ def evaluate_packed(model: PackedModel, split: str, data_root=None, batch_size: 
 def evaluate_file(path: Path, split: str = "test", kernel: str = "auto", data_root=None, batch_size: int = 1000,
                   predictions=None) -> dict:
     """``gxnor eval --engine packed FILE``."""
-    model = PackedModel.load(Path(path), kernel)
+    model = load_packed(Path(path), kernel)
     return {"export": str(path), **evaluate_packed(model, split, data_root, batch_size, predictions)}

@@ -35,9 +35,7 @@ from ..discrete.layers import DiscreteConv2d, DiscreteLayer
 from ..discrete.activation import Steps
 from ..errors import UserError
 from ..models.measure import predict
-from ..models.nets import load_trained
 from . import packed
-from .formats import export_format
 
 BIG = 2**31 - 1  # "never" / "always" as an int32 threshold (accumulators stay far below)
 
@@ -148,31 +146,7 @@ def predict_torch(model: nn.Module, images: torch.Tensor, max_value: float, batc
 def source_info(payload: dict, cfg) -> dict:
     """What the manifest records about where the model came from (its run, not a local path)
     and how to get its data."""
-    return {"run_id": payload.get("run_id"), "arch": cfg.model.arch,
+    return {"run_id": payload.get("run_id"), "arch": cfg.model.arch, **({"target": cfg.model.target} if cfg.model.target else {}),
             "data": cfg.data.name, "data_root": cfg.data.root, "val_fraction": cfg.trainer.val_fraction,
             "seed": cfg.trainer.seed, "weight_states": cfg.quant.weight_states, "act_states": cfg.quant.act_states,
             "val_acc": payload.get("val_acc")}
-
-
-def check_exportable(cfg) -> None:
-    """Refuse, in one line, a network the packed (and so the QONNX) exporter cannot express:
-    so far it takes the nets of the layer notation (model.arch), block by block (own networks
-    export to ONNX through torch.fx, deploy.onnx_graph)."""
-    if cfg.model.target:
-        raise UserError(f"this run's network is your own (model.target={cfg.model.target}); the packed and QONNX "
-                        f"exports take layer-notation nets (model.arch) only so far: --format onnx exports it")
-
-
-def export_run(payload: dict, out: Path, version: int = packed.VERSION) -> tuple[dict, nn.Module]:
-    """Export a checkpoint payload to ``out``; returns (manifest, torch model)."""
-    cfg, model = load_trained(payload)
-    check_exportable(cfg)
-    manifest = export_packed(model, payload["in_shape"], payload["num_classes"], payload["max_value"],
-                             source_info(payload, cfg), out, version)
-    return manifest, model
-
-
-@export_format("packed", suffix=".gxnor")
-def export_packed_file(payload: dict, path: Path) -> int:
-    """The packed format at the true bit width; returns the file size."""
-    return export_run(payload, path)[0]["bytes"]

@@ -161,9 +161,9 @@ class Untraceable(UserError):
     pass
 
 
-def trace(model: nn.Module, in_shape) -> torch.fx.GraphModule:
+def trace(model: nn.Module, in_shape, what: str = "onnx export") -> torch.fx.GraphModule:
     """The model as a torch.fx graph with gxnor's layers as leaves, every node's output shape
-    recorded (node.meta["tensor_meta"])."""
+    recorded (node.meta["tensor_meta"]); ``what`` names the export in a refusal."""
     import torch.fx
     from torch.fx.passes.shape_prop import ShapeProp
 
@@ -174,7 +174,7 @@ def trace(model: nn.Module, in_shape) -> torch.fx.GraphModule:
     try:
         graph = Tracer().trace(model)
     except Exception as err:  # data-dependent control flow, and the like
-        raise Untraceable(f"onnx export: torch.fx cannot trace this network ({type(err).__name__}: "
+        raise Untraceable(f"{what}: torch.fx cannot trace this network ({type(err).__name__}: "
                           f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})") from None
     module = torch.fx.GraphModule(model, graph)
     ShapeProp(module).propagate(torch.zeros(2, *in_shape))
@@ -260,27 +260,35 @@ def _function(g: GraphBuilder, node, values: dict) -> str:
     raise Untraceable(f"onnx export: node {node.name} ({node.op} {name}) has no ONNX form in gxnor's exporter")
 
 
+def walk(module: torch.fx.GraphModule, what: str, start: str, on_module, on_function) -> str:
+    """Visit a trace's nodes in order; ``start`` is the input's value, ``on_module(node, m, x)``
+    and ``on_function(node, values)`` give the value of a module call and of a function or
+    method call.  Returns the output's value; ``what`` names the export in a refusal."""
+    values: dict[str, str] = {}
+    for node in module.graph.nodes:
+        if node.op == "placeholder":
+            values[node.name] = start
+        elif node.op == "call_module":
+            values[node.name] = on_module(node, module.get_submodule(node.target), values[node.args[0].name])
+        elif node.op in ("call_function", "call_method"):
+            if node.op == "call_method" and node.target == "size":
+                continue  # only read by a view / reshape, which uses its recorded shape
+            values[node.name] = on_function(node, values)
+        elif node.op == "output":
+            if not isinstance(node.args[0], torch.fx.Node):
+                raise Untraceable(f"{what}: the network must return one tensor of scores")
+            return values[node.args[0].name]
+        else:  # get_attr: a parameter used directly in forward
+            raise Untraceable(f"{what}: node {node.name} ({node.op} {node.target}) is not supported")
+    raise Untraceable(f"{what}: the network has no output")
+
+
 def export_own_onnx(model: nn.Module, in_shape, num_classes: int, max_value: float, path: Path, doc: str) -> int:
     """Write the own network ``model`` (discretized, eval mode) as ONNX; returns the file size."""
     module = trace(model.eval(), in_shape)
     g = GraphBuilder()
-    values: dict[str, str] = {}
-    for node in module.graph.nodes:
-        if node.op == "placeholder":
-            values[node.name] = g.node("Sub", g.node("Mul", "input", g.const(2.0 / max_value)), g.const(1.0))
-        elif node.op == "call_module":
-            values[node.name] = _module(g, node, module.get_submodule(node.target), values[node.args[0].name])
-        elif node.op in ("call_function", "call_method"):
-            if node.op == "call_method" and node.target == "size":
-                continue  # only read by a view / reshape, which uses its recorded shape
-            values[node.name] = _function(g, node, values)
-        elif node.op == "output":
-            out = node.args[0]
-            if not isinstance(out, torch.fx.Node):
-                raise Untraceable("onnx export: the network must return one tensor of scores")
-            g.node("Identity", values[out.name])  # the builder names the last node's output 'scores'
-        else:  # get_attr: a parameter used directly in forward
-            raise Untraceable(f"onnx export: node {node.name} ({node.op} {node.target}) has no ONNX form in "
-                              f"gxnor's exporter")
+    start = g.node("Sub", g.node("Mul", "input", g.const(2.0 / max_value)), g.const(1.0))
+    out = walk(module, "onnx export", start, lambda node, m, x: _module(g, node, m, x),
+               lambda node, values: _function(g, node, values))
+    g.node("Identity", out)  # the builder names the last node's output 'scores'
     return g.write(path, "gxnor", in_shape, num_classes, doc)
-

@@ -17,7 +17,8 @@ count from the start of the blob area.  Weight blobs hold unsigned state indices
     version 1  ``bits`` = ceil(log2 N) bits each, LSB first (value i occupies bits
                i*bits .. i*bits+bits-1 of the little-endian bit stream)
 
-gxnor writes version 2 and reads both.
+gxnor writes version 2 (version 3 for the graph of an own network, :mod:`.packed_graph`)
+and reads all three.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ..errors import UserError
 
 MAGIC = b"GXNORPK\x00"
 VERSION = 2
-READS = (1, 2)
+READS = (1, 2, 3)  # 3: a graph (own networks), :mod:`.packed_graph`
 HEADER = struct.Struct("<8sII")
 #: The dtypes a blob may have (numbers little-endian, floats IEEE 754).
 DTYPES = ("uint8", "int8", "int32", "uint64", "float32", "float64")
@@ -105,8 +106,14 @@ def layer_size(states: int, weights: int) -> dict[str, float]:
     return {"bits": weight_bits(states), "bytes": weight_blob_bytes({"shape": [weights], "states": states}, VERSION)}
 
 
+def weight_entries(manifest: dict) -> list[dict]:
+    """The weight entries of a manifest, in order: its layers' (versions 1, 2) or its weighted
+    nodes' (version 3)."""
+    return [part["weight"] for part in manifest.get("layers") or manifest.get("nodes", []) if "weight" in part]
+
+
 def packed_weight_bytes(manifest: dict) -> int:
-    return sum(weight_blob_bytes(l["weight"], manifest["version"]) for l in manifest["layers"])
+    return sum(weight_blob_bytes(w, manifest["version"]) for w in weight_entries(manifest))
 
 
 def weight_blob_bytes(weight: dict, version: int) -> int:
@@ -189,6 +196,9 @@ def validate(manifest: dict, blobs: dict[str, np.ndarray]) -> None:
     """Refuse a manifest that does not describe a network the engine can run exactly
     (PackedError, one line): every layer's kind, shapes, spaces, bits, blobs and their dtypes
     and shapes must fit the layer before it and the format's rules."""
+    if manifest.get("version") == 3:
+        raise PackedError("a packed graph (format version 3, an own network): "
+                          "gxnor_cli.deploy.graph_engine.load_packed runs it")
     check = _Checker(manifest, blobs)
     try:
         check.input()

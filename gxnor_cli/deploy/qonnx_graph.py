@@ -29,12 +29,27 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .engine import PackedModel
-from .fold import export_run
+from .fold_graph import export_run
 from .formats import export_format
 from .onnx_graph import GraphBuilder, require_onnx
 
 DOMAIN = "qonnx.custom_op.general"
+
+
+def _weight(g: GraphBuilder, layer) -> str:
+    """A layer's weight codes as a QONNX tensor: an initializer of FINN's BIPOLAR type for
+    codes -1, +1, else a narrow signed Quant of the codes' bit width."""
+    codes = layer.codes.astype(np.float32)
+    weight = codes.reshape(layer.spec["weight"]["shape"]) if layer.spec["kind"] == "conv" else codes.T
+    if layer.spec["weight"]["states"] == 2:
+        w = g.const(weight)
+        g.dtypes[w] = "BIPOLAR"
+        return w
+    bits = int(np.ceil(np.log2(int(np.abs(layer.codes).max(initial=0)) + 1))) + 1
+    return g.node("Quant", g.const(weight), g.const(1.0), g.const(0.0), g.const(float(bits)), domain=DOMAIN,
+                  signed=1, narrow=1, rounding_mode="ROUND")
 
 
 @export_format("qonnx", suffix=".qonnx.onnx")
@@ -43,6 +58,9 @@ def export_qonnx(payload: dict, path: Path) -> int:
     require_onnx("qonnx")
     from onnx import TensorProto
 
+    if (payload.get("config", {}).get("model") or {}).get("target"):
+        raise UserError("the QONNX export takes layer-notation nets (model.arch) only so far; this run's network "
+                        "is your own: --format packed or --format onnx exports it")
     with tempfile.TemporaryDirectory() as tmp:
         manifest, _ = export_run(payload, Path(tmp) / "model.gxnor")
         model = PackedModel.load(Path(tmp) / "model.gxnor", "gemm")
@@ -54,20 +72,9 @@ def export_qonnx(payload: dict, path: Path) -> int:
     x = node("Sub", node("Mul", "input", const(2.0)), const(max_value))
     for layer in model.layers:
         spec = layer.spec
-        codes = layer.codes.astype(np.float32)
-        bits = int(np.ceil(np.log2(int(np.abs(layer.codes).max(initial=0)) + 1))) + 1
+        w = _weight(g, layer)
         if spec["kind"] == "conv":
             k, pad = spec["kernel"], spec["padding"]
-            weight = codes.reshape(spec["weight"]["shape"])
-        else:
-            weight = codes.T
-        if spec["weight"]["states"] == 2:  # codes -1, +1: an initializer of FINN's BIPOLAR type
-            w = const(weight)
-            g.dtypes[w] = "BIPOLAR"
-        else:
-            w = node("Quant", const(weight), const(1.0), const(0.0), const(float(bits)), domain=DOMAIN,
-                     signed=1, narrow=1, rounding_mode="ROUND")
-        if spec["kind"] == "conv":
             x = node("Conv", x, w, kernel_shape=[k, k], pads=[pad, pad, pad, pad], strides=[1, 1],
                      dilations=[1, 1], group=1)
             if spec["pool"]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine import KERNELS, PackedModel
+from .graph_engine import load_packed
 from .packed import PackedError
 
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PackedError("--threads and --batch-size must be at least 1")
         if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
             raise PackedError(f"--out {args.out}: give a file in an existing directory")
-        model = PackedModel.load(args.model, args.kernel)
+        model = load_packed(args.model, args.kernel)
         model.measure, model.threads = False, args.threads
         images = read_inputs(args.inputs, model)
         start = time.perf_counter()

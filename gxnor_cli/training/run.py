@@ -27,7 +27,7 @@ from ..config import SELECTABLE, Config, ConfigError, flatten, from_dict
 from ..data.sources import load_data
 from ..data.splits import Dataset
 from ..deploy import packed
-from ..deploy.fold import export_run
+from ..deploy.fold_graph import export_run
 from ..discrete.layers import DiscreteLayer
 from ..errors import RunFailed, UserError
 from ..models.measure import state_histograms
