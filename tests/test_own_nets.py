@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -126,8 +127,7 @@ def test_a_residual_net_of_your_own_trains_ternary_and_evaluates(cli, nets):
     rows = json.loads(out)["layers"]
     assert [r["layer"] for r in rows] == WEIGHTED and all(r["states"] == 3 for r in rows)
     assert all(0 < r["resting_prob"] < 1 for r in rows[1:])
-    code, _, err = cli("export", result["run_id"], "--format", "qonnx")
-    assert code == 2 and "QONNX export takes layer-notation nets" in err and len(err.strip().splitlines()) == 1
+    assert_qonnx_agrees(cli, result["run_id"], nets.parent)
 
 
 #: The weighted nodes of mynets.resnet in the packed graph, in order (named by their module).
@@ -162,6 +162,25 @@ def assert_packed_agrees(cli, result: dict, model: nn.Module, path) -> None:
     code, out, err = cli("eval", "--engine", "packed", str(path), "--json")
     assert code == 0, err
     assert json.loads(out)["acc"] == pytest.approx(result["test_acc"], abs=1e-12)
+
+
+def assert_qonnx_agrees(cli, run_id: str, where) -> None:
+    """`gxnor export --format qonnx` of an own net: qonnx cleans it up and executes it, and its
+    scores on every digits test image are the packed engine's."""
+    pytest.importorskip("qonnx")
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.util.cleanup import cleanup_model
+
+    from gxnor_cli.data.sources import read_arrays
+    from gxnor_cli.deploy.graph_engine import load_packed
+
+    code, _, err = cli("export", run_id, "--format", "qonnx", "--out", str(where / "own.qonnx.onnx"))
+    assert code == 0, err
+    images = read_arrays("digits").test.images
+    model = cleanup_model(ModelWrapper(str(where / "own.qonnx.onnx")), override_inpsize=len(images))
+    got = execute_onnx(model, {model.graph.input[0].name: images.astype("float32")})[model.graph.output[0].name]
+    assert np.array_equal(got, load_packed(where / "own.gxnor").scores(images))
 
 
 def assert_onnx_agrees(cli, run_id: str, model: nn.Module, path) -> None:
@@ -339,8 +358,6 @@ def tiny_graph_net(weight_states: int, act_states: int, seed: int = 0) -> nn.Mod
 def test_the_packed_graph_computes_what_the_torch_model_computes(tmp_path, weight_states, act_states):
     """Every op of the version-3 graph against torch, for several spaces: the same scores
     (float32 rounding apart) and the same class on every one of 500 random images."""
-    import numpy as np
-
     from gxnor_cli.data.splits import scale
     from gxnor_cli.deploy.fold_graph import export_graph
     from gxnor_cli.deploy.graph_engine import load_packed
@@ -380,3 +397,46 @@ def test_what_the_packed_graph_cannot_express_is_refused_naming_the_node(tmp_pat
             export_graph(model.eval(), (1, 8, 8), 10, 16.0, {}, tmp_path / "x.gxnor")
         assert message in str(refused.value) and "\n" not in str(refused.value)
     assert not (tmp_path / "x.gxnor").exists()
+
+
+@pytest.mark.parametrize("weight_states, act_states", [(3, 3), (5, 9), (2, 2), (17, 3)])
+def test_the_qonnx_export_of_a_packed_graph_runs_through_finns_flow_exactly(tmp_path, weight_states, act_states):
+    """The QONNX form of the packed graph: after qonnx's clean-up with batch 1 and 4, and after
+    LowerConvsToMatMul and InferDataTypes, it gives the engine's scores exactly; inference_cost
+    counts its MACs by data type (integer codes times integer weights)."""
+    pytest.importorskip("qonnx")
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+    from qonnx.util.cleanup import cleanup_model
+    from qonnx.util.inference_cost import inference_cost
+
+    from gxnor_cli.deploy import packed
+    from gxnor_cli.deploy.fold_graph import export_graph
+    from gxnor_cli.deploy.graph_engine import load_packed
+    from gxnor_cli.deploy.qonnx_graph import export_graph_qonnx
+
+    source = {"data": "digits", "arch": "", "weight_states": weight_states, "act_states": act_states}
+    export_graph(tiny_graph_net(weight_states, act_states), (1, 8, 8), 10, 16.0, source, tmp_path / "t.gxnor")
+    export_graph_qonnx(*packed.read(tmp_path / "t.gxnor"), tmp_path / "t.qonnx.onnx")
+    images = np.random.default_rng(1).integers(0, 17, (8, 1, 8, 8), dtype=np.uint8)
+    want = load_packed(tmp_path / "t.gxnor").scores(images)
+
+    def run(model, batch):
+        name_in, name_out = model.graph.input[0].name, model.graph.output[0].name
+        return np.concatenate([execute_onnx(model, {name_in: images[i:i + batch].astype(np.float32)})[name_out]
+                               for i in range(0, len(images), batch)])
+
+    for batch in (1, 4):
+        assert np.array_equal(run(cleanup_model(ModelWrapper(str(tmp_path / "t.qonnx.onnx")), override_inpsize=batch),
+                                  batch), want)
+    lowered = cleanup_model(ModelWrapper(str(tmp_path / "t.qonnx.onnx")), override_inpsize=1)
+    lowered = lowered.transform(LowerConvsToMatMul()).transform(InferDataTypes())
+    assert "Conv" not in {n.op_type for n in lowered.graph.node} and np.array_equal(run(lowered, 1), want)
+    lowered.save(str(tmp_path / "lowered.onnx"))
+    cost = inference_cost(str(tmp_path / "lowered.onnx"), output_json=None, output_onnx=None,
+                          discount_sparsity=False)["total_cost"]
+    weights = "BIPOLAR" if weight_states == 2 else f"INT{int(np.ceil(np.log2(weight_states // 2 + 1))) + 1}"
+    codes = "INT2" if act_states in (2, 3) else f"INT{int(np.ceil(np.log2(act_states)))}"
+    assert cost.get(f"op_mac_{codes}_{weights}", 0) > 0, cost  # the hidden convolutions: codes times weights

@@ -51,10 +51,11 @@ class Tensor:
         self.shape, self.unit, self.bound = tuple(shape), unit, bound
 
 
-def validate_graph(manifest: dict, blobs: dict[str, np.ndarray]) -> None:
+def validate_graph(manifest: dict, blobs: dict[str, np.ndarray]) -> dict[str, Tensor]:
     """Refuse (PackedError, one line) a version-3 manifest that does not describe a graph the
     engine can run exactly: unknown ops, dangling inputs, shapes that do not fit, missing or
-    mis-shaped blobs, integer tensors that could leave float64's exact range."""
+    mis-shaped blobs, integer tensors that could leave float64's exact range.  Returns what
+    it found of every tensor, by name."""
     check = _GraphChecker(manifest, blobs)
     try:
         check.input()
@@ -79,6 +80,7 @@ def validate_graph(manifest: dict, blobs: dict[str, np.ndarray]) -> None:
         check.need(out is not None, "manifest", f"output {manifest.get('output')!r} names no node")
         check.need(out.shape == (manifest["classes"],), "manifest",
                    f"the output has shape {list(out.shape)}, not one score per class ({manifest['classes']})")
+        return tensors
     except (KeyError, TypeError, AttributeError, ValueError, IndexError, OverflowError, ZeroDivisionError) as err:
         raise PackedError(f"invalid packed model: missing or malformed manifest entry ({err!r})") from None
 

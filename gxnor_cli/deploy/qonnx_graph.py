@@ -20,6 +20,14 @@ shapes: clean the model up with a batch size, ``cleanup_model(ModelWrapper(path)
 override_inpsize=1)`` (or ``qonnx-cleanup --override-inpsize 1 FILE``), and FINN's flow,
 ``LowerConvsToMatMul``, ``InferDataTypes`` and ``inference_cost`` run on the result.  Needs the
 optional ``onnx`` package; ``qonnx`` loads, checks and executes the result.
+
+Your own networks (a packed graph, format version 3) are written node by node: conv and
+dense on integer codes with Quant weights (float32 of whole numbers, exact), affine and the
+additions of tensors of different units in float64 (as the packed engine), phi as a
+MultiThreshold on the float64 values (code = #{z >= next(t_k)} + #{z >= -t_k} - K, t_k the
+activation's steps) cast back to float32 codes and annotated with their type, max pooling
+as MaxPool, average pooling of integer codes as a depthwise convolution of ones (whole window
+sums; the unit takes the 1 / area).
 """
 
 from __future__ import annotations
@@ -29,27 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from . import packed
 from .engine import PackedModel
 from .fold_graph import export_run
 from .formats import export_format
 from .onnx_graph import GraphBuilder, require_onnx
+from .packed_graph import validate_graph
 
 DOMAIN = "qonnx.custom_op.general"
-
-
-def _weight(g: GraphBuilder, layer) -> str:
-    """A layer's weight codes as a QONNX tensor: an initializer of FINN's BIPOLAR type for
-    codes -1, +1, else a narrow signed Quant of the codes' bit width."""
-    codes = layer.codes.astype(np.float32)
-    weight = codes.reshape(layer.spec["weight"]["shape"]) if layer.spec["kind"] == "conv" else codes.T
-    if layer.spec["weight"]["states"] == 2:
-        w = g.const(weight)
-        g.dtypes[w] = "BIPOLAR"
-        return w
-    bits = int(np.ceil(np.log2(int(np.abs(layer.codes).max(initial=0)) + 1))) + 1
-    return g.node("Quant", g.const(weight), g.const(1.0), g.const(0.0), g.const(float(bits)), domain=DOMAIN,
-                  signed=1, narrow=1, rounding_mode="ROUND")
 
 
 @export_format("qonnx", suffix=".qonnx.onnx")
@@ -58,11 +53,10 @@ def export_qonnx(payload: dict, path: Path) -> int:
     require_onnx("qonnx")
     from onnx import TensorProto
 
-    if (payload.get("config", {}).get("model") or {}).get("target"):
-        raise UserError("the QONNX export takes layer-notation nets (model.arch) only so far; this run's network "
-                        "is your own: --format packed or --format onnx exports it")
     with tempfile.TemporaryDirectory() as tmp:
         manifest, _ = export_run(payload, Path(tmp) / "model.gxnor")
+        if "nodes" in manifest:  # an own network: a packed graph
+            return export_graph_qonnx(*packed.read(Path(tmp) / "model.gxnor"), path)
         model = PackedModel.load(Path(tmp) / "model.gxnor", "gemm")
     g = GraphBuilder()
     const, node = g.const, g.node
@@ -72,7 +66,9 @@ def export_qonnx(payload: dict, path: Path) -> int:
     x = node("Sub", node("Mul", "input", const(2.0)), const(max_value))
     for layer in model.layers:
         spec = layer.spec
-        w = _weight(g, layer)
+        weight = layer.codes.astype(np.float32)
+        w = _quant(g, weight.reshape(spec["weight"]["shape"]) if spec["kind"] == "conv" else weight.T,
+                   spec["weight"]["states"])
         if spec["kind"] == "conv":
             k, pad = spec["kernel"], spec["padding"]
             x = node("Conv", x, w, kernel_shape=[k, k], pads=[pad, pad, pad, pad], strides=[1, 1],
@@ -100,8 +96,103 @@ def export_qonnx(payload: dict, path: Path) -> int:
             dtype = f"INT{int(np.ceil(np.log2(out['states'])))}"
         x = node("MultiThreshold", x, const(thresholds), domain=DOMAIN, out_dtype=dtype, out_scale=scale,
                  out_bias=bias, data_layout="NCHW" if len(shape) == 4 else "NC")
+    return _write(g, manifest, path)
+
+
+def _write(g: GraphBuilder, manifest: dict, path: Path) -> int:
     src = manifest["source"]
     return g.write(path, "gxnor_qonnx", manifest["input"]["shape"], manifest["classes"],
-                   f"gxnor {src['arch']} W{src['weight_states']}/A{src['act_states']} as QONNX; "
-                   f"input: raw values in [0, {max_value:g}]; run {src.get('run_id')}", scores="DOUBLE",
-                   domains=(DOMAIN,))
+                   f"gxnor {src.get('target') or src['arch']} W{src['weight_states']}/A{src['act_states']} as "
+                   f"QONNX; input: raw values in [0, {manifest['input']['max_value']:g}]; run {src.get('run_id')}",
+                   scores="DOUBLE", domains=(DOMAIN,))
+
+
+# -- your own networks: the packed graph (format version 3) ----------------------------------------
+def _quant(g: GraphBuilder, codes: np.ndarray, states: int) -> str:
+    """Weight codes as a QONNX tensor (BIPOLAR initializer for 2 states, else a narrow Quant)."""
+    if states == 2:
+        w = g.const(codes)
+        g.dtypes[w] = "BIPOLAR"
+        return w
+    bits = int(np.ceil(np.log2(int(np.abs(codes).max(initial=0)) + 1))) + 1
+    return g.node("Quant", g.const(codes), g.const(1.0), g.const(0.0), g.const(float(bits)), domain=DOMAIN,
+                  signed=1, narrow=1, rounding_mode="ROUND")
+
+
+def _real(g: GraphBuilder, x: str, unit) -> str:
+    """A tensor's values in float64: an integer one (float32 of whole numbers) times its unit."""
+    from onnx import TensorProto
+
+    return x if unit is None else g.node("Mul", g.node("Cast", x, to=TensorProto.DOUBLE), g.const(unit, np.float64))
+
+
+def _graph_node(g: GraphBuilder, node: dict, blobs: dict, ins: list, shape_in: tuple):
+    """(ONNX tensor, unit) of one node of a packed graph; integer tensors are float32 of whole
+    numbers (exact: the packed graph's bounds keep them below 2^24 in the nets gxnor trains)."""
+    from onnx import TensorProto
+
+    op, (x, unit) = node["op"], ins[0]
+    rank = len(shape_in) + 1
+    shape = (1, -1, 1, 1) if rank == 4 else (1, -1)
+    if op in ("conv", "dense"):
+        w = node["weight"]
+        index = packed.unpack_radix(blobs[w["blob"]], w["states"], int(np.prod(w["shape"])))
+        codes = np.asarray(w["codes"], dtype=np.float32)[index].reshape(w["shape"])
+        if op == "dense":
+            return g.node("MatMul", x, _quant(g, codes.T, w["states"])), unit * w["unit"]
+        k, s, p = w["shape"][2], node["stride"], node["padding"]
+        return g.node("Conv", x, _quant(g, codes, w["states"]), kernel_shape=[k, k], strides=[s, s],
+                      pads=[p] * 4, dilations=[1, 1], group=1), unit * w["unit"]
+    if op == "affine":
+        scale, shift = (blobs[node[key]].reshape(shape) for key in ("scale", "shift"))
+        return g.node("Add", g.node("Mul", _real(g, x, unit), g.const(scale, np.float64)),
+                      g.const(shift, np.float64)), None
+    if op == "phi":  # code = #{z > t_k} - #{z < -t_k} = #{z >= next(t_k)} + #{z >= -t_k} - K
+        t = np.asarray([node["window"] + k * node["step"] for k in range(node["levels"])], dtype=np.float64)
+        if node["states"] == 2:
+            thresholds, scale, bias, dtype = np.zeros((1, 1)), 2.0, -1.0, "BIPOLAR"
+        else:
+            thresholds = np.sort(np.concatenate([-t, np.nextafter(t, np.inf)]))[None, :]
+            scale, bias, dtype = 1.0, -float(node["levels"]), f"INT{int(np.ceil(np.log2(node['states'])))}"
+        codes = g.node("MultiThreshold", _real(g, x, unit), g.const(thresholds, np.float64), domain=DOMAIN,
+                       out_dtype=dtype, out_scale=scale, out_bias=bias, data_layout="NCHW" if rank == 4 else "NC")
+        out = g.node("Cast", codes, to=TensorProto.FLOAT)
+        # the codes' type survives the cast (qonnx keeps an annotation it cannot infer); binary
+        # codes as INT2, which holds the zeros a padded convolution reads around them
+        g.dtypes[out] = "INT2" if dtype == "BIPOLAR" else dtype
+        return out, node["unit"]
+    if op == "add":
+        (y, other) = ins[1]
+        if unit is not None and unit == other:
+            return g.node("Add", x, y), unit
+        return g.node("Add", _real(g, x, unit), _real(g, y, other)), None
+    if op == "maxpool":
+        return g.node("MaxPool", x, kernel_shape=node["kernel"], strides=node["stride"],
+                      pads=node["padding"] * 2), unit
+    if op == "avgpool":  # window sums of whole numbers stay whole: a depthwise convolution of ones
+        area = node["kernel"][0] * node["kernel"][1]
+        if unit is None:
+            return g.node("AveragePool", x, kernel_shape=node["kernel"], strides=node["stride"]), None
+        channels = shape_in[0]
+        ones = g.const(np.ones((channels, 1, *node["kernel"]), dtype=np.float32))
+        g.dtypes[ones] = "BINARY"
+        return g.node("Conv", x, ones, kernel_shape=node["kernel"], strides=node["stride"], pads=[0, 0, 0, 0],
+                      dilations=[1, 1], group=channels), unit / area
+    return g.node("Flatten", x, axis=1), unit
+
+
+def export_graph_qonnx(manifest: dict, blobs: dict, path: Path) -> int:
+    """Write a packed graph (an own network, format version 3) as QONNX: convolutions and dense
+    layers on integer codes with Quant weights, BatchNorm and residual additions in float64,
+    phi as MultiThreshold; returns the file size."""
+    g = GraphBuilder()
+    max_value = float(manifest["input"]["max_value"])
+    g.dtypes["input"] = f"UINT{int(max_value).bit_length()}"
+    values = {"input": (g.node("Sub", g.node("Mul", "input", g.const(2.0)), g.const(max_value)), 1 / max_value)}
+    tensors = validate_graph(manifest, blobs)
+    for node in manifest["nodes"]:
+        values[node["name"]] = _graph_node(g, node, blobs, [values[i] for i in node["inputs"]],
+                                           tensors[node["inputs"][0]].shape)
+    x, unit = values[manifest["output"]]
+    g.node("Identity", _real(g, x, unit))  # the builder names the last node's output 'scores'
+    return _write(g, manifest, path)
