@@ -156,6 +156,15 @@ def execute(points: list[Point], overrides: list[str], launcher,
     Returns (points, parent run id, parent status).  KeyboardInterrupt ends the parent KILLED.
     """
     validate(points, launcher.checks_device)
+    getattr(launcher, "prepare", lambda count: None)(len(points))  # (the local launcher's workers start)
+    try:
+        return _execute(points, overrides, launcher, on_update)
+    finally:
+        getattr(launcher, "close", lambda: None)()
+
+
+def _execute(points: list[Point], overrides: list[str], launcher,
+             on_update: Optional[Callable[[list[Point]], None]]) -> tuple[list[Point], str, str]:
     store, experiment = Store.of_config(points[0].cfg), points[0].cfg.tracking.experiment
     check(store)
     for p in points:

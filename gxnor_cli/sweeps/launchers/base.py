@@ -7,6 +7,8 @@ UserError line when its optional dependency is missing) and
 ``run(points, parent_id, update, on_lost)``: it runs every PENDING point as a trial,
 copies each result onto its point, calls ``update(points)`` as statuses change and
 ``on_lost(point, status, message)`` for a trial whose process died without ending its run.
+Optionally ``prepare(count)``, called before the sweep's own checks (the local launcher
+starts its workers there), and ``close()``, called whatever happens after.
 """
 
 from __future__ import annotations

@@ -52,10 +52,10 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker(conn, parent_id: str, threads: int, parent: int) -> None:
-    """Entry of a worker process: trials one after another, each point received through
-    ``conn`` and its run id, progress and result sent back, until ``None`` (or the sweep's
-    end) says there are no more.  A worker pays its start-up (torch, MLflow and the store's
+def _worker(conn, threads: int, parent: int) -> None:
+    """Entry of a worker process: trials one after another, each (point, parent run id)
+    received through ``conn`` and its run id, progress and result sent back, until ``None``
+    (or the sweep's end) says there are no more.  A worker pays its start-up (torch, MLflow and the store's
     check: seconds) once, not once a trial."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the sweep only, which passes it on once
     import torch
@@ -72,11 +72,12 @@ def _worker(conn, parent_id: str, threads: int, parent: int) -> None:
 
     while not stop_requested():
         try:
-            point = conn.recv()
+            job = conn.recv()
         except (EOFError, OSError):
             break
-        if point is None:
+        if job is None:
             break
+        point, parent_id = job
         result = run_trial(point, parent_id, threads, on_start=lambda run_id: send(("started", run_id)),
                            on_progress=lambda line: send(("progress", line)))
         send(("done", {k: v for k, v in result.items() if k != "traceback"}))
@@ -121,6 +122,35 @@ class LocalLauncher:
 
     def __init__(self, name: str = "local", jobs: int = 1, settings: Optional[Settings] = None):
         self.name, self.jobs = name, max(1, jobs)
+        self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        self.workers: dict = {}  # process sentinel -> _Worker (--jobs N > 1)
+
+    def prepare(self, count: int) -> None:
+        """Start the worker processes for ``count`` points now (--jobs N > 1), so that their
+        start-up (torch, MLflow: seconds) overlaps the sweep's own checks."""
+        for _ in range(min(self.jobs, count) if self.jobs > 1 else 0):
+            self._start()
+
+    def close(self) -> None:
+        """Stop every worker: an idle one at once (it holds no run), a busy one once retired."""
+        for worker in self.workers.values():
+            if worker.point is None:
+                worker.process.kill()
+            worker.retire()
+        for worker in self.workers.values():
+            worker.close()
+        self.workers.clear()
+
+    def _start(self) -> _Worker:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        mine, theirs = context.Pipe()
+        process = context.Process(target=_worker, args=(theirs, self.threads, os.getpid()), daemon=True)
+        process.start()
+        theirs.close()
+        self.workers[process.sentinel] = worker = _Worker(process, mine)
+        return worker
 
     def require(self) -> None:
         """Nothing beyond gxnor itself."""
@@ -152,23 +182,10 @@ class LocalLauncher:
     def _pool(self, points: list[Point], parent_id: str, update: Update, on_lost: Lost) -> None:
         """Up to ``jobs`` worker processes, each kept for trial after trial; a worker that dies
         fails its trial and a new one takes the next point."""
-        import multiprocessing
         from multiprocessing.connection import wait
 
-        context = multiprocessing.get_context("spawn")
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
         queue = [p for p in points if p.status == "PENDING"]
-        workers: dict = {}  # sentinel -> _Worker
-        stopping = False
-
-        def start() -> _Worker:
-            mine, theirs = context.Pipe()
-            process = context.Process(target=_worker, args=(theirs, parent_id, threads, os.getpid()), daemon=True)
-            process.start()
-            theirs.close()
-            workers[process.sentinel] = worker = _Worker(process, mine)
-            return worker
-
+        workers, stopping = self.workers, False
         try:
             while queue or any(w.point for w in workers.values()):
                 if stop_requested() and not stopping:
@@ -182,9 +199,9 @@ class LocalLauncher:
                     update(points)
                 idle = [w for w in workers.values() if w.point is None and w.process.is_alive()]
                 while queue and (idle or len(workers) < self.jobs):
-                    worker = idle.pop() if idle else start()
+                    worker = idle.pop() if idle else self._start()
                     worker.point = point = queue.pop(0)
-                    worker.conn.send(point)
+                    worker.conn.send((point, parent_id))
                     point.status = "RUNNING"
                     update(points)
                 for worker in idle:  # nothing left for it
@@ -203,10 +220,7 @@ class LocalLauncher:
             update(points)
             raise
         finally:
-            for worker in workers.values():
-                worker.retire()
-            for worker in workers.values():
-                worker.close()
+            self.close()
         if stopping:
             raise KeyboardInterrupt
 
