@@ -440,3 +440,37 @@ def test_the_qonnx_export_of_a_packed_graph_runs_through_finns_flow_exactly(tmp_
     weights = "BIPOLAR" if weight_states == 2 else f"INT{int(np.ceil(np.log2(weight_states // 2 + 1))) + 1}"
     codes = "INT2" if act_states in (2, 3) else f"INT{int(np.ceil(np.log2(act_states)))}"
     assert cost.get(f"op_mac_{codes}_{weights}", 0) > 0, cost  # the hidden convolutions: codes times weights
+
+
+def test_an_own_net_trains_on_two_processes_and_resumes_in_its_run(nets):
+    """Data-parallel training of an own residual net (two gloo ranks, the states checked
+    identical after every epoch), then a resume from its last.pt that carries on in the same
+    run to epoch 3."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    args = ["model._target_=mynets.resnet", "model.width=4", "data.limit=200", "trainer.batch_size=40",
+            "trainer.threads=1"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MLFLOW_TRACKING_URI")}
+
+    def gxnor(*more: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gxnor_cli", "train", *args, *more], cwd=nets.parent, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    done = gxnor("trainer.epochs=2", "trainer.devices=2", "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("ranks agree: the states of all 2 ranks are identical after epoch") == 2
+    run_id = json.loads(done.stdout)["run_id"]
+    last = nets / "checkpoints" / run_id / "last.pt"
+    done = subprocess.run([sys.executable, "-m", "gxnor_cli", "train", f"trainer.resume={last}", "trainer.epochs=3",
+                           "--json"], cwd=nets.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "epoch 3/3" in done.stderr, done.stderr
+    assert json.loads(done.stdout)["run_id"] == run_id
+    (run,) = runs_in_store(nets)
+    assert run.info.status == "FINISHED" and run.data.params["trainer.devices"] == "2"
+    assert [e["epoch"] for e in checkpoint.load(last)["history"]] == [1, 2, 3]
+    assert [m.step for m in MlflowClient(f"sqlite:///{nets / 'mlflow.db'}").get_metric_history(run_id, "val_acc")] == \
+        [1, 2, 3]
