@@ -49,9 +49,10 @@ class _Graph:
 
     def add(self, name: str, op: str, inputs: list[str], **fields) -> str:
         """A node named ``name`` (``name_2``, ... when taken); returns its name."""
-        taken = {"input", *(n["name"] for n in self.nodes)}
-        unique = next(f"{name}_{i}" if i else name for i in range(len(taken) + 1) if (f"{name}_{i}" if i else name)
-                      not in taken)
+        taken, unique, i = {"input", *(n["name"] for n in self.nodes)}, name, 1
+        while unique in taken:
+            i += 1
+            unique = f"{name}_{i}"
         self.nodes.append({"name": unique, "op": op, "inputs": inputs, **fields})
         return unique
 

@@ -11,6 +11,8 @@ layer engine's ``gemm`` kernel does.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import packed
@@ -26,7 +28,7 @@ class GraphModel:
     BATCH_PATCHES = 1 << 27
 
     def __init__(self, manifest: dict, blobs: dict[str, np.ndarray], kernel: str = "auto"):
-        validate_graph(manifest, blobs)
+        tensors = validate_graph(manifest, blobs)
         if kernel not in ("auto", "gemm"):
             raise packed.PackedError(f"a packed graph (format version 3) runs on the gemm kernel; --kernel {kernel} "
                                      f"takes layer-notation nets")
@@ -43,29 +45,9 @@ class GraphModel:
             self.weights[node["name"]] = (np.ascontiguousarray(rows.T), (rows != 0).sum(0).astype(np.float64))
             self.events[node["name"]] = Events()
         self.blobs = blobs
-        patches = max([self._patches_per_sample()] + [1])
-        self.max_batch = max(1, self.BATCH_PATCHES // patches)
-
-    def _patches_per_sample(self) -> int:
-        """The most patch values one sample's convolution copies (for the batch limit)."""
-        shapes, most = {"input": tuple(self.in_shape)}, 1
-        for node in self.manifest["nodes"]:
-            x = shapes[node["inputs"][0]]
-            if node["op"] == "conv":
-                k, s, p = node["weight"]["shape"][2], node["stride"], node["padding"]
-                ho, wo = (x[1] + 2 * p - k) // s + 1, (x[2] + 2 * p - k) // s + 1
-                most = max(most, ho * wo * x[0] * k * k)
-                x = (node["weight"]["shape"][0], ho, wo)
-            elif node["op"] in ("maxpool", "avgpool"):
-                (kh, kw), (sh, sw) = node["kernel"], node["stride"]
-                ph, pw = node.get("padding", [0, 0])
-                x = (x[0], (x[1] + 2 * ph - kh) // sh + 1, (x[2] + 2 * pw - kw) // sw + 1)
-            elif node["op"] == "dense":
-                x = (node["weight"]["shape"][0],)
-            elif node["op"] == "flatten":
-                x = (int(np.prod(x)),)
-            shapes[node["name"]] = x
-        return most
+        patches = [math.prod(tensors[n["name"]].shape[1:]) * math.prod(n["weight"]["shape"][1:])
+                   for n in weight_nodes(manifest) if n["op"] == "conv"]  # one sample's patch values
+        self.max_batch = max(1, self.BATCH_PATCHES // max(patches, default=1))
 
     # -- the ops, on (array, unit) ----------------------------------------------------------
     def _accumulate(self, name: str, rows: np.ndarray) -> np.ndarray:
