@@ -2,7 +2,8 @@
 
 ``--jobs 1`` runs trials one after another in this process;
 ``--jobs N`` runs up to N at once in N worker processes with cores/N torch threads each,
-every worker kept for trial after trial (its imports and store check paid once).  Faults, each ending with an honest status:
+every worker kept for trial after trial (its imports and store check paid once).  Faults,
+each ending with an honest status:
 
 - a worker that dies (OOM killer, kill -9) is a FAILED trial, its run marked FAILED; the
   other trials go on;
@@ -55,8 +56,8 @@ def _die_with_parent(parent: int) -> None:
 def _worker(conn, threads: int, parent: int) -> None:
     """Entry of a worker process: trials one after another, each (point, parent run id)
     received through ``conn`` and its run id, progress and result sent back, until ``None``
-    (or the sweep's end) says there are no more.  A worker pays its start-up (torch, MLflow and the store's
-    check: seconds) once, not once a trial."""
+    (or the sweep's end) says there are no more.  A worker pays its start-up (torch, MLflow,
+    the store's check: seconds) once, not once a trial."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the sweep only, which passes it on once
     import torch
 
