@@ -442,6 +442,7 @@ def test_the_qonnx_export_of_a_packed_graph_runs_through_finns_flow_exactly(tmp_
     assert cost.get(f"op_mac_{codes}_{weights}", 0) > 0, cost  # the hidden convolutions: codes times weights
 
 
+@pytest.mark.slow  # 40 s: CI runs it with -m slow
 def test_an_own_net_trains_on_two_processes_and_resumes_in_its_run(nets):
     """Data-parallel training of an own residual net (two gloo ranks, the states checked
     identical after every epoch), then a resume from its last.pt that carries on in the same
