@@ -28,6 +28,7 @@ def parents(runs):
     return [r for r in runs_in_store(runs) if "mlflow.parentRunId" not in r.data.tags]
 
 
+@pytest.mark.slow  # 27-35 s each: CI runs them with -m slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_a_grid_runs_to_finished_children_and_a_failed_or_killed_trial_does_not_stop_it(launcher, tmp_path,
                                                                                       mlflow_template):

@@ -177,6 +177,7 @@ def test_a_postgresql_backed_server_receives_runs_and_serves_checkpoints(tmp_pat
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.mark.slow  # 27 s: CI runs it with -m slow
 def test_a_server_gone_for_good_keeps_everything_on_disk_and_gxnor_sync_sends_it(server, tmp_path):
     """The store never comes back while the run trains: the run exits 1 saying where its logging
     is kept; once the server is back, `gxnor sync` sends it all, once, and the run shows FINISHED."""
