@@ -125,11 +125,16 @@ def export_packed(model: nn.Sequential, in_shape, num_classes: int, max_value: f
                                "window": act.window, "step": act.step}
         layers.append(entry)
         prev_act = act
-    manifest = {"format": "gxnor-packed", "version": version, "gxnor_version": __version__,
-                "input": {"shape": list(in_shape), "max_value": int(max_value),
-                          "encoding": "u = 2 * v - max_value (integers); x = u / max_value in [-1, 1]"},
-                "classes": num_classes, "layers": layers, "source": source}
+    manifest = {**manifest_head(version, in_shape, max_value, num_classes), "layers": layers, "source": source}
     return packed.write(path, manifest, blobs)
+
+
+def manifest_head(version: int, in_shape, max_value: float, num_classes: int) -> dict[str, Any]:
+    """What every packed manifest starts with: format, version, the input and the classes."""
+    return {"format": "gxnor-packed", "version": version, "gxnor_version": __version__,
+            "input": {"shape": list(in_shape), "max_value": int(max_value),
+                      "encoding": "u = 2 * v - max_value (integers); x = u / max_value in [-1, 1]"},
+            "classes": num_classes}
 
 
 def fp32_state_bytes(model: nn.Module) -> int:

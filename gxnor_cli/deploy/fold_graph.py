@@ -19,7 +19,6 @@ concatenation, ...) is refused in one line that names the node: never exported w
 
 from __future__ import annotations
 
-import operator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
 from ..discrete.activation import MultiStep
 from ..discrete.layers import Biased, DiscreteConv2d, DiscreteLayer, DiscreteLinear
 from . import packed
 from ..models.nets import load_trained
-from .fold import _space_entry, bn_affine, export_packed, source_info
+from .fold import _space_entry, bn_affine, export_packed, manifest_head, source_info
 from .formats import export_format
-from .onnx_graph import Untraceable, _flattens, _shape, trace, walk
+from .onnx_graph import Untraceable, _adds, _flattens, _shape, pair, trace, walk
 from .packed_graph import VERSION, validate_graph
 
 WHAT = "packed export"
@@ -76,7 +74,6 @@ def _refuse(node, m: nn.Module, why: str = "has no form in the packed format") -
 
 
 def _pool(g: _Graph, name: str, node, m: nn.Module, x: str) -> str:
-    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
     if isinstance(m, nn.AdaptiveAvgPool2d):
         if m.output_size not in (1, (1, 1)):
             raise _refuse(node, m, "pools to more than 1x1")
@@ -120,8 +117,7 @@ def _module(g: _Graph, node, m: nn.Module, x: str) -> str:
 def _function(g: _Graph, node, values: dict) -> str:
     name = getattr(node.target, "__name__", str(node.target))
     args = [values.get(a.name) if isinstance(a, torch.fx.Node) else a for a in node.args]
-    if (node.target in (operator.add, torch.add) or name in ("add", "add_")) and len(args) == 2 \
-            and all(isinstance(a, str) for a in args) and not node.kwargs:
+    if _adds(node, args):
         return g.add(node.name, "add", args)
     if name in ("flatten", "view", "reshape") and _flattens(node) and len(_shape(node.args[0])) == 4:
         return g.add(node.name, "flatten", [args[0]])
@@ -139,10 +135,8 @@ def export_graph(model: nn.Module, in_shape, num_classes: int, max_value: float,
     g = _Graph()
     output = walk(module, WHAT, "input", lambda node, m, x: _module(g, node, m, x),
                   lambda node, values: _function(g, node, values))
-    manifest = {"format": "gxnor-packed", "version": VERSION, "gxnor_version": __version__,
-                "input": {"shape": list(in_shape), "max_value": int(max_value),
-                          "encoding": "u = 2 * v - max_value (integers); x = u / max_value in [-1, 1]"},
-                "classes": num_classes, "nodes": g.nodes, "output": output, "source": source}
+    manifest = {**manifest_head(VERSION, in_shape, max_value, num_classes), "nodes": g.nodes, "output": output,
+                "source": source}
     validate_graph(manifest, g.blobs)  # what the engine will run: refused here rather than there
     return packed.write(path, manifest, g.blobs)
 

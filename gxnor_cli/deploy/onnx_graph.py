@@ -222,7 +222,6 @@ def _module(g: GraphBuilder, node, m: nn.Module, x: str) -> str:
     if isinstance(m, nn.Hardtanh):
         return g.node("Clip", x, g.const(m.min_val), g.const(m.max_val))
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and not m.ceil_mode and getattr(m, "dilation", 1) in (1, (1, 1)):
-        pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
         k, stride, pad = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding)
         attrs = {"kernel_shape": k, "strides": stride, "pads": pad + pad}
         if isinstance(m, nn.AvgPool2d):
@@ -240,6 +239,18 @@ def _module(g: GraphBuilder, node, m: nn.Module, x: str) -> str:
     raise Untraceable(f"onnx export: node {node.target} ({type(m).__name__}) has no ONNX form in gxnor's exporter")
 
 
+def pair(value) -> list:
+    """A pooling size as [h, w]: ``(h, w)`` or one number for both."""
+    return list(value) if isinstance(value, tuple) else [value, value]
+
+
+def _adds(node, args: list) -> bool:
+    """x + y / torch.add(x, y) of two tensors (``args``: their values, or the constants)."""
+    name = getattr(node.target, "__name__", str(node.target))
+    return (node.target in (operator.add, torch.add) or name in ("add", "add_")) and len(args) == 2 \
+        and all(isinstance(a, str) for a in args) and not node.kwargs
+
+
 def _flattens(node) -> bool:
     """flatten(x, 1) / x.flatten(1) / x.view(N, -1) / x.reshape(N, -1): a 2-D result that keeps the batch."""
     out, inp = _shape(node), _shape(node.args[0])
@@ -249,9 +260,8 @@ def _flattens(node) -> bool:
 def _function(g: GraphBuilder, node, values: dict) -> str:
     name = getattr(node.target, "__name__", str(node.target))
     args = [values.get(a.name) if isinstance(a, torch.fx.Node) else a for a in node.args]
-    if node.target in (operator.add, torch.add) or name in ("add", "add_"):
-        if all(isinstance(a, str) for a in args[:2]) and len(args) == 2 and not node.kwargs:
-            return g.node("Add", args[0], args[1])
+    if _adds(node, args):
+        return g.node("Add", args[0], args[1])
     if name in ("flatten", "view", "reshape") and _flattens(node):
         return g.node("Flatten", args[0], axis=1)
     if node.target is torch.cat:
