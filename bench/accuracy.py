@@ -73,6 +73,7 @@ ROWS = {
     "gxnor-hyst": ["quant=gxnor", "dst=adam", "dst.transition=hysteresis", "optim.lr=0.3"],
     "gxnor-mom8-hyst": ["quant=gxnor", "dst=mom8", "dst.transition=hysteresis", "optim.lr=0.3"],
     "gxnor-rms-hyst": ["quant=gxnor", "dst=rms", "dst.transition=hysteresis", "optim.lr=0.03"],
+    "gxnor-rms-clip-hyst": ["quant=gxnor", "dst=rms", "dst.transition=hysteresis", "dst.rms_clip=1", "optim.lr=0.3"],
     "gxnor-mom8-hyst-init": ["quant=gxnor", "dst=mom8", "dst.transition=hysteresis", "optim.lr=0.3",
                              "model.init_from={float}"],
 }
@@ -141,28 +142,47 @@ def run_row(name: str, overrides: list[str], out: str, threads: int) -> dict:
     return record
 
 
-def _run_row_safely(args: tuple) -> dict:
+def _run_row_safely(args: tuple, run=run_row) -> dict:
     name = args[0]
     try:
-        return run_row(*args)
+        return run(*args)
     except Exception as err:  # one failed row must not stop the table
         return {"row": name, "error": f"{type(err).__name__}: {err}"}
 
 
-def run_rows(rows: dict[str, list[str]], out: str, jobs: int = 1) -> list[dict]:
-    """Train ``rows`` ({name: overrides}), ``jobs`` at a time, each in its own process."""
+def finished(out: str, name: str, overrides: list[str]) -> dict | None:
+    """The record of row ``name`` in ``out`` if it finished with these ``overrides``, else None."""
+    path = Path(out) / f"{name}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("done") and record.get("overrides") == overrides else None
+
+
+def run_rows(rows: dict[str, list[str]], out: str, jobs: int = 1, runner=_run_row_safely, keep: bool = False) -> list[dict]:
+    """Train ``rows`` ({name: overrides}), ``jobs`` at a time, each in its own process, by
+    ``runner((name, overrides, out, threads))``.  ``keep``: a row that already finished in
+    ``out`` with the same overrides is read back, not trained again (a stopped table picks up
+    where it was)."""
     Path(out).mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    work = [(name, overrides, out, threads) for name, overrides in rows.items()]
-    results = []
+    results, work = [], []
+    for name, overrides in rows.items():
+        record = finished(out, name, overrides) if keep else None
+        if record:
+            print(f"{name}: finished before, read from {Path(out) / f'{name}.json'}", flush=True)
+            results.append(record)
+        else:
+            work.append((name, overrides, out, threads))
     with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
-        for r in pool.imap_unordered(_run_row_safely, work):
+        for r in pool.imap_unordered(runner, work):
             results.append(r)
             if "error" in r:
                 print(f"{r['row']}: failed: {r['error']}", flush=True)
             else:
                 print(f"{r['row']}: test {r['test_acc']:.4f} val {r['best_val_acc']:.4f} "
-                      f"({r['wall_s']:.0f} s on {r['device']})", flush=True)
+                      f"({r.get('wall_s', r.get('train_time_s', 0)):.0f} s)", flush=True)
     order = list(rows)
     return sorted((r for r in results if "error" not in r), key=lambda r: order.index(r["row"]))
 

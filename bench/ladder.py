@@ -3,24 +3,30 @@
 For each rung N in --states (default 2, 3, 5, 9, 17) one row trains weights AND activations
 with N states (``quant.weight_states=N quant.act_states=N``) from the --experiment preset
 (default ``fashion_hysteresis``: the paper's MNIST net on Fashion-MNIST, 20 epochs, DST mom8
-with hysteresis transitions), against the same net in float, for every seed in --seeds.
-Rows run through bench/accuracy.py's runner (gxnor's own loop, the checkpoint selected on
-the validation split; histories in --out/<row>.json after every epoch, so a stopped ladder
-keeps what it measured).  Printed: one table row per rung (mean and per-seed test accuracy,
-gap to float, bits per weight at rest, resting probability: the share of gated-off
-operations) and a picture, --out/ladder.png: test accuracy against bits per weight and
-against the resting probability, float as a line.
+with hysteresis transitions), against the same net in float and the same net in brevitas
+(bench/peers.py: latent fp32 weights, straight-through gradients, its integer quantizers at
+the rung's storage bit width ceil(log2 N), which hold 2^b - 1 >= N levels), for every seed in
+--seeds: the same splits, batches and epochs.  Rows run through bench/accuracy.py's runner
+(the checkpoint selected on the validation split; histories in --out/<row>.json after every
+epoch).  A row that finished before in --out with the same overrides is read back, not
+trained again (--fresh retrains), so a ladder can be run a rung or a seed at a time.
+Printed: one table row per rung (mean and per-seed test accuracy, gap to float, brevitas
+and gxnor's lead over it, bits per weight at rest, resting probability: the share of
+gated-off operations) and a picture, --out/ladder.png: test accuracy against bits per
+weight and against the resting probability, float as a line.
 
     python bench/ladder.py                                   # hours on 2 CPU cores
     python bench/ladder.py --seeds 0 --states 2,3,5 trainer.epochs=5
     python bench/ladder.py --experiment fashion_gxnor data=digits model=digits_net   # minutes
 
-Needs Fashion-MNIST for the default preset (apt-get install dataset-fashion-mnist).
+Needs Fashion-MNIST for the default preset (apt-get install dataset-fashion-mnist); the
+brevitas rows need `pip install brevitas` (without it they are left out, with a note).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import statistics
 import sys
@@ -29,18 +35,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from accuracy import run_rows  # noqa: E402  (bench/accuracy.py: the row runner)
+from accuracy import _run_row_safely, run_row, run_rows  # noqa: E402  (bench/accuracy.py: the row runner)
+from peers import brevitas_row, levels  # noqa: E402  (bench/peers.py: brevitas, imported when a row runs)
 
 
-def rows(states: list[int], seeds: list[int], experiment: str, extra: list[str]) -> dict[str, list[str]]:
+def rows(states: list[int], seeds: list[int], experiment: str, extra: list[str],
+         brevitas: bool = False) -> dict[str, list[str]]:
     base = [f"experiment={experiment}", *extra]
     out = {}
     for seed in seeds:
         # float weights train with Adam at its own lr, not the DST lr a preset may set
         out[f"float-s{seed}"] = [*base, "quant=float", "optim.lr=null", f"trainer.seed={seed}"]
         for n in states:
-            out[f"w{n}a{n}-s{seed}"] = [*base, f"quant.weight_states={n}", f"quant.act_states={n}", f"trainer.seed={seed}"]
+            rung = [*base, f"quant.weight_states={n}", f"quant.act_states={n}", f"trainer.seed={seed}"]
+            out[f"w{n}a{n}-s{seed}"] = rung
+            if brevitas:  # brevitas reads the state count and its own lr (bench/peers.py)
+                out[f"brevitas-w{n}a{n}-s{seed}"] = rung
     return out
+
+
+def _row(name: str, overrides: list[str], out: str, threads: int) -> dict:
+    if name.startswith("brevitas"):
+        return brevitas_row(overrides, out, threads, name=name)
+    return run_row(name, overrides, out, threads)
+
+
+def _run(args: tuple) -> dict:
+    return _run_row_safely(args, run=_row)
 
 
 def summarize(results: list[dict], states: list[int], seeds: list[int]) -> list[dict]:
@@ -55,8 +76,11 @@ def summarize(results: list[dict], states: list[int], seeds: list[int]) -> list[
         if not got:
             continue
         mean = statistics.mean(r["test_acc"] for r in got)
+        peer = [by_row[f"brevitas-w{n}a{n}-s{s}"]["test_acc"] for s in seeds if f"brevitas-w{n}a{n}-s{s}" in by_row]
         table.append({"rung": f"W{n}/A{n}", "bits": weight_bits(n), "accs": [r["test_acc"] for r in got], "mean": mean,
-                      "gap": 100 * (float_mean - mean), "resting": statistics.mean(r.get("test_resting_prob", 0) for r in got)})
+                      "gap": 100 * (float_mean - mean), "resting": statistics.mean(r.get("test_resting_prob", 0) for r in got),
+                      "peer_accs": peer, "peer_mean": statistics.mean(peer) if peer else math.nan,
+                      "peer_bits": weight_bits(levels(n))})
     return table
 
 
@@ -73,6 +97,9 @@ def picture(table: list[dict], path: Path) -> None:
         ax.plot([t[key] for t in rungs], [100 * t["mean"] for t in rungs], "o-", label="gxnor")
         for t in rungs:
             ax.annotate(t["rung"], (t[key], 100 * t["mean"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        peers = [t for t in rungs if t["peer_accs"]]
+        if key == "bits" and peers:  # brevitas at its own bits per weight (2^b - 1 levels)
+            ax.plot([t["peer_bits"] for t in peers], [100 * t["peer_mean"] for t in peers], "s--", label="brevitas")
         ax.axhline(100 * table[0]["mean"], color="gray", linestyle="--", label="float")
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
@@ -89,21 +116,35 @@ def main() -> None:
     parser.add_argument("--experiment", default="fashion_hysteresis")
     parser.add_argument("--jobs", type=int, default=1, help="rows trained at the same time")
     parser.add_argument("--out", default="runs/ladder")
+    parser.add_argument("--brevitas", action=argparse.BooleanOptionalAction, default=True,
+                        help="train brevitas at every rung too (needs pip install brevitas)")
+    parser.add_argument("--fresh", action="store_true", help="retrain rows that finished before in --out")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every row")
     args = parser.parse_args()
     states = [int(s) for s in args.states.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    results = run_rows(rows(states, seeds, args.experiment, args.overrides), args.out, args.jobs)
-    table = summarize(results, states, seeds)
-    print("\n| rung | bits / weight | test acc (mean) | per seed | gap to float (points) | resting prob |")
-    print("|---|---|---|---|---|---|")
+    if args.brevitas and importlib.util.find_spec("brevitas") is None:
+        print("ladder: brevitas is not installed (pip install brevitas); its rows are left out", file=sys.stderr)
+        args.brevitas = False
+    work = rows(states, seeds, args.experiment, args.overrides, args.brevitas)
+    table = summarize(run_rows(work, args.out, args.jobs, runner=_run, keep=not args.fresh), states, seeds)
+    print("\n| rung | bits / weight | test acc (mean) | per seed | gap to float (points) | brevitas (mean) "
+          "| per seed | gxnor - brevitas (points) | resting prob |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for t in table:
-        print(f"| {t['rung']} | {t['bits']:.2f} | {100 * t['mean']:.2f} | "
-              f"{', '.join(f'{100 * a:.2f}' for a in t['accs'])} | {t['gap']:.2f} | {t['resting']:.3f} |")
+        seeds_text = ", ".join(f"{100 * a:.2f}" for a in t["accs"])
+        peer = (f"{100 * t['peer_mean']:.2f} | {', '.join(f'{100 * a:.2f}' for a in t['peer_accs'])} | "
+                f"{100 * (t['mean'] - t['peer_mean']):.2f}") if t.get("peer_accs") else " | | "
+        print(f"| {t['rung']} | {t['bits']:.2f} | {100 * t['mean']:.2f} | {seeds_text} | {t['gap']:.2f} | {peer} | "
+              f"{t['resting']:.3f} |")
     picture(table, Path(args.out) / "ladder.png")
     print(f"\npicture: {Path(args.out) / 'ladder.png'}")
+    leads = [100 * (t["mean"] - t["peer_mean"]) for t in table if t.get("peer_accs")]
     print("RESULT " + " ".join(f"{t['rung'].replace('/', '').lower()}_acc={t['mean']:.4f}" for t in table)
-          + f" max_gap_points={max(t['gap'] for t in table):.2f} seeds={len(seeds)}")
+          + "".join(f" brevitas_{t['rung'].replace('/', '').lower()}_acc={t['peer_mean']:.4f}"
+                    for t in table if t.get("peer_accs"))
+          + f" max_gap_points={max(t['gap'] for t in table):.2f}"
+          + (f" min_lead_over_brevitas_points={min(leads):.2f}" if leads else "") + f" seeds={len(seeds)}")
 
 
 if __name__ == "__main__":

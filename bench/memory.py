@@ -5,6 +5,8 @@ every hidden layer, batch 100 (about 10.5 M weights).  Each variant runs in its 
 process:
 
     gxnor-sgd, -rms, -mom8, -adam      discrete layers (int8 states) trained by DST
+    gxnor-mom8-hyst                    mom8 with hysteresis transitions (experiment=fashion_hysteresis)
+    gxnor-rms-clip-hyst                rms with dst.rms_clip=1 and hysteresis transitions
     latent-adam                        fp32 latent weights, ternarised in forward with a
                                        straight-through estimator, torch Adam (the way
                                        BinaryConnect / larq / brevitas train)
@@ -16,7 +18,9 @@ kernel's peak-RSS counter is reset (/proc/self/clear_refs) and one more full ste
 (forward, backward, update) runs.  bytes/weight = (peak RSS - baseline) / weights: it
 covers everything the step keeps alive - weights, gradients, optimizer state,
 activations, temporaries.  glibc is told to return large frees to the kernel at once
-(MALLOC_MMAP_THRESHOLD_) so freed memory does not linger in the numbers.
+(MALLOC_MMAP_THRESHOLD_) so freed memory does not linger in the numbers.  Also printed:
+the training state kept between steps, counted from the tensors (the int8 states, the
+rule's state, the hysteresis positions; latent: fp32 weights, their gradients, Adam's m, v).
 
     python bench/memory.py            # all variants side by side (Linux only)
 """
@@ -29,7 +33,8 @@ import subprocess
 import sys
 
 HIDDEN, LAYERS, BATCH, IN, OUT = 2048, 3, 100, 784, 10
-VARIANTS = ("gxnor-sgd", "gxnor-rms", "gxnor-mom8", "gxnor-adam", "latent-adam")
+VARIANTS = ("gxnor-sgd", "gxnor-rms", "gxnor-mom8", "gxnor-adam", "gxnor-mom8-hyst", "gxnor-rms-clip-hyst",
+            "latent-adam")
 
 
 def rss_kib(field: str) -> int:
@@ -77,14 +82,22 @@ def child(variant: str) -> dict:
 
     if variant.startswith("gxnor"):
         model = build_model(ModelConfig(arch, padding=0), QuantConfig(3, 3), (1, 28, 28), OUT)
-        DST(model, rule=variant.split("-")[1], lr=0.01)
+        words = variant.split("-")[1:]
+        dst = DST(model, rule=words[0], lr=0.01, transition="hysteresis" if "hyst" in words else "stochastic",
+                  **({"rms_clip": 1.0} if "clip" in words else {}))
         opt = torch.optim.Adam(model.parameters(), lr=0.01)  # BatchNorm only
+        kept = lambda: sum(b.weight.state.numel() for b in model if hasattr(b.weight, "state")) + dst.state_bytes()
     else:
         model = build_model(ModelConfig(arch, padding=0), QuantConfig(None, 3), (1, 28, 28), OUT)
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 module.__class__ = LatentTernary
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        latent = [m.weight for m in model.modules() if isinstance(m, LatentTernary)]
+        # the weight, its gradient (freed by zero_grad here, but a training loop holds one per step), m, v
+        kept = lambda: sum(2 * w.numel() * w.element_size() + sum(t.numel() * t.element_size()
+                                                                   for t in opt.state[w].values() if t.dim())
+                           for w in latent)
 
     def step():
         opt.step()
@@ -98,7 +111,8 @@ def child(variant: str) -> dict:
     run_steps(model, step, 1)
     peak = rss_kib("VmHWM")
     return {"variant": variant, "weights": weights, "peak_bytes_per_weight": (peak - base) * 1024 / weights,
-            "resident_after_bytes_per_weight": (rss_kib("VmRSS") - base) * 1024 / weights}
+            "resident_after_bytes_per_weight": (rss_kib("VmRSS") - base) * 1024 / weights,
+            "state_bytes_per_weight": kept() / weights}
 
 
 def main() -> None:
@@ -114,14 +128,16 @@ def main() -> None:
     weights = results[VARIANTS[0]]["weights"]
     print(f"MLP {IN}-{'-'.join([str(HIDDEN)] * LAYERS)}-{OUT}, batch {BATCH}, {weights:,} weights; "
           f"one full training step, peak RSS over baseline")
-    print(f"{'variant':<14}{'peak B/weight':>15}{'resident B/weight':>20}")
+    print(f"{'variant':<22}{'peak B/weight':>15}{'resident B/weight':>20}{'training state B/weight':>26}")
     for variant, r in results.items():
-        print(f"{variant:<14}{r['peak_bytes_per_weight']:>15.2f}{r['resident_after_bytes_per_weight']:>20.2f}")
+        print(f"{variant:<22}{r['peak_bytes_per_weight']:>15.2f}{r['resident_after_bytes_per_weight']:>20.2f}"
+              f"{r['state_bytes_per_weight']:>26.2f}")
     usual = results["latent-adam"]["peak_bytes_per_weight"]
     fields = [f"weights={weights}"]
     for variant, r in results.items():
         key = variant.replace("-", "_")
         fields.append(f"{key}_bytes_per_weight={r['peak_bytes_per_weight']:.2f}")
+        fields.append(f"{key}_state_bytes_per_weight={r['state_bytes_per_weight']:.2f}")
         if variant != "latent-adam":
             fields.append(f"{key}_saving_vs_latent_adam={usual / r['peak_bytes_per_weight']:.1f}x")
     print("RESULT " + " ".join(fields))

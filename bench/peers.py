@@ -13,7 +13,8 @@ loss, the model selected on the validation split and its test accuracy reported.
               scale of 1, so weights and activations take {-1, 0, 1}; activations
               round(clamp(x, -1, 1)); latent weights drawn from U(-1, 1) and clipped to
               [-1, 1] after every step;
-              Adam lr 0.02 on every parameter), with gxnor's exponential lr decay to lr/100
+              Adam lr 0.02 on every parameter), with gxnor's exponential lr decay to lr/100;
+              bench/ladder.py trains it at other state counts with :func:`quantizers`
 
 Training state per weight is what persists between steps, counted from the tensors: gxnor
 keeps an int8 state plus its rule's state (adam: fp32 m and v; mom8: an int8 code);
@@ -44,41 +45,67 @@ from accuracy import ROWS, latent_state_bytes, run_row, with_float_checkpoint, w
 BREVITAS_LR = 0.02
 
 
-def ternary_quantizers():
-    """brevitas quantizers of the BNN-PYNQ 2W2A recipe: (weights, activations) in {-1, 0, 1}."""
+def quantizers(states: int = 3):
+    """brevitas quantizers (weights, activations) for gxnor's ``states``-state rung, at the
+    same storage bit width b = ceil(log2(states)) and the BNN-PYNQ recipe's constant scale:
+
+        states = 2   b = 1  {-1, 1}                       (SignedBinary*PerTensorConst)
+        states >= 3  b bits, narrow range, scale s = 1 / (2^(b-1) - 1):
+                     q = s clamp(round(x / s), -(2^(b-1) - 1), 2^(b-1) - 1)  in [-1, 1]
+
+    so 3 states get {-1, 0, 1} (the 2W2A recipe) and 5, 9, 17 states 7, 15, 31 levels: a
+    b-bit integer grid holds 2^b - 1 levels, more than gxnor's 2^N + 1 states at that width.
+    """
     from brevitas.core.restrict_val import RestrictValueType
     from brevitas.core.scaling import ScalingImplType
-    from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
+    from brevitas.quant import (Int8ActPerTensorFloat, Int8WeightPerTensorFloat, SignedBinaryActPerTensorConst,
+                                SignedBinaryWeightPerTensorConst)
 
-    class TernaryWeight(Int8WeightPerTensorFloat):  # 2 bits, narrow range, scale 1: {-1, 0, 1}
-        bit_width, narrow_range = 2, True
+    if states == 2:
+        class BinaryWeight(SignedBinaryWeightPerTensorConst):  # brevitas's default constant is 0.1
+            scaling_const = 1.0
+
+        class BinaryAct(SignedBinaryActPerTensorConst):
+            scaling_const = 1.0
+
+        return BinaryWeight, BinaryAct
+    bits = (states - 1).bit_length()
+
+    class Weight(Int8WeightPerTensorFloat):  # the constant is the largest level: s = 1 / (2^(b-1) - 1)
+        bit_width, narrow_range = bits, True
         scaling_impl_type, scaling_const = ScalingImplType.CONST, 1.0
         restrict_scaling_type = RestrictValueType.FP
 
-    class TernaryAct(Int8ActPerTensorFloat):  # round(clamp(x, -1, 1))
-        bit_width, narrow_range, signed = 2, True, True
+    class Act(Int8ActPerTensorFloat):
+        bit_width, narrow_range, signed = bits, True, True
         scaling_impl_type, scaling_const = ScalingImplType.CONST, 1.0
         restrict_scaling_type = RestrictValueType.FP
         min_val, max_val = -1.0, 1.0
 
-    return TernaryWeight, TernaryAct
+    return Weight, Act
+
+
+def levels(states: int) -> int:
+    """How many values :func:`quantizers` (``states``) lets a weight take."""
+    return 2 if states == 2 else 2 ** (states - 1).bit_length() - 1
 
 
 def brevitas_net(cfg, data):
-    """The config's layer string as brevitas quantised layers: weights -> [pool] -> BN -> ternary act."""
+    """The config's layer string as brevitas quantised layers: weights -> [pool] -> BN -> act, with
+    :func:`quantizers` of the config's weight state count."""
     import brevitas.nn as qnn
     from torch import nn
 
     from gxnor_cli.models.grammar import parse_arch
 
-    TernaryWeight, TernaryAct = ternary_quantizers()
+    Weight, Act = quantizers(cfg.quant.weight_states)
     arch, in_shape, padding = cfg.model.arch, data.shape, cfg.model.padding
     layers, (channels, side, _), flat = [], in_shape, None
     specs = parse_arch(arch)
     for spec in specs:
         if spec.kind == "conv":
             layers.append(qnn.QuantConv2d(channels, spec.units, spec.kernel, padding=padding, bias=False,
-                                          weight_quant=TernaryWeight))
+                                          weight_quant=Weight))
             side = side + 2 * padding - spec.kernel + 1
             if spec.pool:
                 layers.append(nn.MaxPool2d(spec.pool))
@@ -89,16 +116,17 @@ def brevitas_net(cfg, data):
             if flat is None:
                 layers.append(nn.Flatten())
                 flat = channels * side * side
-            layers.append(qnn.QuantLinear(flat, spec.units, bias=False, weight_quant=TernaryWeight))
+            layers.append(qnn.QuantLinear(flat, spec.units, bias=False, weight_quant=Weight))
             layers.append(nn.BatchNorm1d(spec.units, eps=1e-4))
             flat = spec.units
         if spec.kind != "out":
-            layers.append(qnn.QuantIdentity(act_quant=TernaryAct, return_quant_tensor=False))
+            layers.append(qnn.QuantIdentity(act_quant=Act, return_quant_tensor=False))
     return nn.Sequential(*layers)
 
 
-def brevitas_row(overrides: list[str], out: str, threads: int, build=brevitas_net) -> dict:
-    """Train the brevitas net ``build(cfg, data)`` makes on gxnor's batches of ``overrides``' config."""
+def brevitas_row(overrides: list[str], out: str, threads: int, build=brevitas_net, name: str = "brevitas") -> dict:
+    """Train the brevitas net ``build(cfg, data)`` makes on gxnor's batches of ``overrides``'
+    config; history and result in ``out/name.json``."""
     import torch
 
     from gxnor_cli.config import load_config
@@ -123,7 +151,7 @@ def brevitas_row(overrides: list[str], out: str, threads: int, build=brevitas_ne
             correct = sum((model(x).argmax(1) == y).sum().item() for x, y in batches(split, 1000, data.max_value))
         return correct / len(split)
 
-    record = {"row": "brevitas", "overrides": overrides, "history": [], "epochs": cfg.trainer.epochs}
+    record = {"row": name, "overrides": overrides, "history": [], "epochs": cfg.trainer.epochs}
     best_val, best_state = -1.0, None
     for epoch in range(cfg.trainer.epochs):
         for group in optimizer.param_groups:
@@ -143,14 +171,14 @@ def brevitas_row(overrides: list[str], out: str, threads: int, build=brevitas_ne
         record["history"].append({"epoch": epoch + 1, "val_acc": val, "epoch_time_s": elapsed})
         if val > best_val:
             best_val, best_state = val, {k: v.clone() for k, v in model.state_dict().items()}
-        write(Path(out) / "brevitas.json", record)
+        write(Path(out) / f"{name}.json", record)
     model.load_state_dict(best_state)
     n = sum(w.numel() for w in weights)
     moments = [t for w in weights for t in optimizer.state[w].values() if t.dim()]  # Adam's m, v
     record.update(test_acc=accuracy(data.test), best_val_acc=best_val, done=True,
                   state_bytes_per_weight=latent_state_bytes(weights, moments) / n,
                   train_time_s=sum(m["epoch_time_s"] for m in record["history"]))
-    write(Path(out) / "brevitas.json", record)
+    write(Path(out) / f"{name}.json", record)
     return record
 
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from accuracy import run_rows  # noqa: E402
-from peers import brevitas_row, ternary_quantizers  # noqa: E402
+from peers import brevitas_row, quantizers  # noqa: E402
 
 BASE = ["experiment=fashion_hysteresis", "model=resnet8", "trainer.epochs=10"]
 
@@ -49,7 +49,7 @@ def brevitas_resnet(cfg, data):
 
     from gxnor_cli.models.resnets import resnet
 
-    weight, act = ternary_quantizers()
+    weight, act = quantizers(3)
     model = resnet(**cfg.model.args, in_channels=data.shape[0], num_classes=data.num_classes)
 
     def swap(module: nn.Module) -> None:
