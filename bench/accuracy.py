@@ -73,7 +73,6 @@ ROWS = {
     "gxnor-hyst": ["quant=gxnor", "dst=adam", "dst.transition=hysteresis", "optim.lr=0.3"],
     "gxnor-mom8-hyst": ["quant=gxnor", "dst=mom8", "dst.transition=hysteresis", "optim.lr=0.3"],
     "gxnor-rms-hyst": ["quant=gxnor", "dst=rms", "dst.transition=hysteresis", "optim.lr=0.03"],
-    "gxnor-rms-clip-hyst": ["quant=gxnor", "dst=rms", "dst.transition=hysteresis", "dst.rms_clip=1", "optim.lr=0.3"],
     "gxnor-mom8-hyst-init": ["quant=gxnor", "dst=mom8", "dst.transition=hysteresis", "optim.lr=0.3",
                              "model.init_from={float}"],
 }

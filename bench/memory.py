@@ -6,7 +6,7 @@ process:
 
     gxnor-sgd, -rms, -mom8, -adam      discrete layers (int8 states) trained by DST
     gxnor-mom8-hyst                    mom8 with hysteresis transitions (experiment=fashion_hysteresis)
-    gxnor-rms-clip-hyst                rms with dst.rms_clip=1 and hysteresis transitions
+    gxnor-rms-hyst                     rms with hysteresis transitions
     latent-adam                        fp32 latent weights, ternarised in forward with a
                                        straight-through estimator, torch Adam (the way
                                        BinaryConnect / larq / brevitas train)
@@ -33,7 +33,7 @@ import subprocess
 import sys
 
 HIDDEN, LAYERS, BATCH, IN, OUT = 2048, 3, 100, 784, 10
-VARIANTS = ("gxnor-sgd", "gxnor-rms", "gxnor-mom8", "gxnor-adam", "gxnor-mom8-hyst", "gxnor-rms-clip-hyst",
+VARIANTS = ("gxnor-sgd", "gxnor-rms", "gxnor-mom8", "gxnor-adam", "gxnor-mom8-hyst", "gxnor-rms-hyst",
             "latent-adam")
 
 
@@ -83,8 +83,7 @@ def child(variant: str) -> dict:
     if variant.startswith("gxnor"):
         model = build_model(ModelConfig(arch, padding=0), QuantConfig(3, 3), (1, 28, 28), OUT)
         words = variant.split("-")[1:]
-        dst = DST(model, rule=words[0], lr=0.01, transition="hysteresis" if "hyst" in words else "stochastic",
-                  **({"rms_clip": 1.0} if "clip" in words else {}))
+        dst = DST(model, rule=words[0], lr=0.01, transition="hysteresis" if "hyst" in words else "stochastic")
         opt = torch.optim.Adam(model.parameters(), lr=0.01)  # BatchNorm only
         kept = lambda: sum(b.weight.state.numel() for b in model if hasattr(b.weight, "state")) + dst.state_bytes()
     else:

@@ -120,19 +120,6 @@ def test_rms_normalises_by_per_tensor_rms():
     assert torch.all((got == kappa) | (got == kappa - 1))
 
 
-def test_rms_clip_bounds_every_step_by_lr_times_the_clip():
-    """dW = -lr clip(g / rms(g), -C, C): g = [1, 7], rms = 5 -> g / rms = [0.2, 1.4] -> clipped to
-    [0.2, 1.0]; lr 0.5 -> dW = [-0.1, -0.5]; dz = 0.25, so the second weight moves exactly 2
-    states (-2.8 states, 2 or 3 moves, without the clip)."""
-    layer = DiscreteLinear(2, 1, 9)
-    layer.state.zero_()
-    DST(layer, rule="rms", lr=0.5, rms_clip=1.0, seed=0)
-    layer(torch.tensor([[1.0, 7.0]])).sum().backward()
-    assert layer.state[0, 1].item() == -2 and layer.state[0, 0].item() in (0, -1)
-    with pytest.raises(ValueError, match="rms_clip must be >= 0"):
-        DST(DiscreteLinear(2, 1, 9), rule="rms", rms_clip=-1.0)
-
-
 def test_mom8_momentum_follows_the_formula_and_its_int8_code_is_unbiased():
     """M = beta M + (1 - beta) g / rms(g), dW = -lr M, M coded as int8 in units of R/127 (R = 1 by default)."""
     layer = DiscreteLinear(2, 1, 9)
@@ -173,7 +160,6 @@ def test_rules_describe_themselves():
 
     assert list(RULES) == ["adam", "sgd", "rms", "mom8"]
     assert set(settings_of("sgd")) == set() and set(settings_of("mom8")) == {"beta1", "rms_beta", "mom8_range"}
-    assert set(settings_of("rms")) == {"rms_beta", "rms_clip"}
     section = DSTConfig(rule="mom8", beta1=0.5)
     assert rule_settings(section) == {"beta1": 0.5, "rms_beta": 0.0, "mom8_range": 1.0}
     with pytest.raises(ValueError, match="no setting beta2"):

@@ -152,10 +152,7 @@ class SGDRule(StepRule):
 
 @RULES.register("rms")
 class RMSRule(StepRule):
-    """dW = -lr clip(g / (sqrt(v) + eps), -C, C), v the (EMA of the) mean square of g over the
-    tensor, C the ``rms_clip`` (0: no clip).  The clip bounds every weight's step by lr C, as
-    mom8's range bounds its momentum: a weight whose gradient is many times the tensor's RMS
-    moves no further than one with a steady gradient of that RMS."""
+    """dW = -lr g / (sqrt(v) + eps), v the (EMA of the) mean square of g over the tensor."""
 
     eps = 1e-12
     whole_gradient = True  # the per-tensor RMS of the global gradient, the same on every rank
@@ -163,11 +160,9 @@ class RMSRule(StepRule):
     @dataclass
     class Settings:
         rms_beta: float = _rms_beta()
-        rms_clip: float = _setting(0.0, "rms: clip g / rms(g) to [-C, C] before the step (0: no clip)")
 
         def __post_init__(self):
             _check(0 <= self.rms_beta < 1, f"dst.rms_beta must be in [0, 1); got {self.rms_beta}")
-            _check(self.rms_clip >= 0, f"dst.rms_clip must be >= 0; got {self.rms_clip}")
 
     def __init__(self, lr: float, settings: Optional[Any] = None):
         super().__init__(lr, settings)
@@ -192,9 +187,7 @@ class RMSRule(StepRule):
         return -self.lr
 
     def propose(self, key, layer, rows, grad):
-        dw = grad.mul_(self.scale[key])
-        clip = self.settings.rms_clip
-        return dw.clamp_(-self.lr * clip, self.lr * clip) if clip else dw
+        return grad.mul_(self.scale[key])
 
     def state_dict(self):
         return {"v": dict(self.v), "t": dict(self.t)}
