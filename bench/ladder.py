@@ -5,7 +5,7 @@ with N states (``quant.weight_states=N quant.act_states=N``) from the --experime
 (default ``fashion_hysteresis``: the paper's MNIST net on Fashion-MNIST, 20 epochs, DST mom8
 with hysteresis transitions), against the same net in float and the same net in brevitas
 (bench/peers.py: latent fp32 weights, straight-through gradients, its integer quantizers at
-the rung's storage bit width ceil(log2 N), which hold 2^b - 1 >= N levels), for every seed in
+the rung's storage bit width ceil(log2 N), kept to gxnor's N values), for every seed in
 --seeds: the same splits, batches and epochs.  Rows run through bench/accuracy.py's runner
 (the checkpoint selected on the validation split; histories in --out/<row>.json after every
 epoch).  A row that finished before in --out with the same overrides is read back, not
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from accuracy import _run_row_safely, run_row, run_rows  # noqa: E402  (bench/accuracy.py: the row runner)
-from peers import brevitas_row, levels  # noqa: E402  (bench/peers.py: brevitas, imported when a row runs)
+from peers import brevitas_row  # noqa: E402  (bench/peers.py: brevitas, imported when a row runs)
 
 
 def rows(states: list[int], seeds: list[int], experiment: str, extra: list[str],
@@ -79,8 +79,7 @@ def summarize(results: list[dict], states: list[int], seeds: list[int]) -> list[
         peer = [by_row[f"brevitas-w{n}a{n}-s{s}"]["test_acc"] for s in seeds if f"brevitas-w{n}a{n}-s{s}" in by_row]
         table.append({"rung": f"W{n}/A{n}", "bits": weight_bits(n), "accs": [r["test_acc"] for r in got], "mean": mean,
                       "gap": 100 * (float_mean - mean), "resting": statistics.mean(r.get("test_resting_prob", 0) for r in got),
-                      "peer_accs": peer, "peer_mean": statistics.mean(peer) if peer else math.nan,
-                      "peer_bits": weight_bits(levels(n))})
+                      "peer_accs": peer, "peer_mean": statistics.mean(peer) if peer else math.nan})
     return table
 
 
@@ -98,8 +97,8 @@ def picture(table: list[dict], path: Path) -> None:
         for t in rungs:
             ax.annotate(t["rung"], (t[key], 100 * t["mean"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
         peers = [t for t in rungs if t["peer_accs"]]
-        if key == "bits" and peers:  # brevitas at its own bits per weight (2^b - 1 levels)
-            ax.plot([t["peer_bits"] for t in peers], [100 * t["peer_mean"] for t in peers], "s--", label="brevitas")
+        if key == "bits" and peers:  # brevitas on the same grid: the same bits per weight at rest
+            ax.plot([t["bits"] for t in peers], [100 * t["peer_mean"] for t in peers], "s--", label="brevitas")
         ax.axhline(100 * table[0]["mean"], color="gray", linestyle="--", label="float")
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")

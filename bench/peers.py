@@ -46,15 +46,18 @@ BREVITAS_LR = 0.02
 
 
 def quantizers(states: int = 3):
-    """brevitas quantizers (weights, activations) for gxnor's ``states``-state rung, at the
-    same storage bit width b = ceil(log2(states)) and the BNN-PYNQ recipe's constant scale:
+    """brevitas quantizers (weights, activations) on gxnor's own grid of ``states`` states,
+    at its storage bit width b = ceil(log2(states)), with the BNN-PYNQ recipe's constant scale:
 
-        states = 2   b = 1  {-1, 1}                       (SignedBinary*PerTensorConst)
-        states >= 3  b bits, narrow range, scale s = 1 / (2^(b-1) - 1):
-                     q = s clamp(round(x / s), -(2^(b-1) - 1), 2^(b-1) - 1)  in [-1, 1]
+        states = 2   b = 1  {-1, 1}                          (SignedBinary*PerTensorConst)
+        states >= 3  b bits, narrow range, scale dz = 2 / (states - 1):
+                     q = dz round(x / dz)  for x in [-1, 1]  (states values, -1 .. 1)
 
-    so 3 states get {-1, 0, 1} (the 2W2A recipe) and 5, 9, 17 states 7, 15, 31 levels: a
-    b-bit integer grid holds 2^b - 1 levels, more than gxnor's 2^N + 1 states at that width.
+    brevitas's integer grid at b bits reaches +-(2^(b-1) - 1) dz; the recipe keeps the
+    inputs in [-1, 1] (latent weights clipped after every step, a Hardtanh before every
+    activation quantizer, which is also where brevitas's own clamp stops the gradient), so
+    only the ``states`` values of gxnor's space occur: 3 states are the 2W2A recipe's
+    {-1, 0, 1}, 5 states {-1, -1/2, 0, 1/2, 1}.
     """
     from brevitas.core.restrict_val import RestrictValueType
     from brevitas.core.scaling import ScalingImplType
@@ -70,24 +73,20 @@ def quantizers(states: int = 3):
 
         return BinaryWeight, BinaryAct
     bits = (states - 1).bit_length()
+    top = 2 / (states - 1) * (2 ** (bits - 1) - 1)  # brevitas's constant: the grid's largest value
 
-    class Weight(Int8WeightPerTensorFloat):  # the constant is the largest level: s = 1 / (2^(b-1) - 1)
+    class Weight(Int8WeightPerTensorFloat):
         bit_width, narrow_range = bits, True
-        scaling_impl_type, scaling_const = ScalingImplType.CONST, 1.0
+        scaling_impl_type, scaling_const = ScalingImplType.CONST, top
         restrict_scaling_type = RestrictValueType.FP
 
     class Act(Int8ActPerTensorFloat):
         bit_width, narrow_range, signed = bits, True, True
-        scaling_impl_type, scaling_const = ScalingImplType.CONST, 1.0
+        scaling_impl_type, scaling_const = ScalingImplType.CONST, top
         restrict_scaling_type = RestrictValueType.FP
-        min_val, max_val = -1.0, 1.0
+        min_val, max_val = -top, top
 
     return Weight, Act
-
-
-def levels(states: int) -> int:
-    """How many values :func:`quantizers` (``states``) lets a weight take."""
-    return 2 if states == 2 else 2 ** (states - 1).bit_length() - 1
 
 
 def brevitas_net(cfg, data):
@@ -120,7 +119,7 @@ def brevitas_net(cfg, data):
             layers.append(nn.BatchNorm1d(spec.units, eps=1e-4))
             flat = spec.units
         if spec.kind != "out":
-            layers.append(qnn.QuantIdentity(act_quant=Act, return_quant_tensor=False))
+            layers += [nn.Hardtanh(), qnn.QuantIdentity(act_quant=Act, return_quant_tensor=False)]
     return nn.Sequential(*layers)
 
 
