@@ -94,8 +94,9 @@ def picture(table: list[dict], path: Path) -> None:
     for ax, key, label in ((axes[0], "bits", "bits per weight at rest"),
                            (axes[1], "resting", "resting probability (share of gated-off operations)")):
         ax.plot([t[key] for t in rungs], [100 * t["mean"] for t in rungs], "o-", label="gxnor")
-        for t in rungs:
-            ax.annotate(t["rung"], (t[key], 100 * t["mean"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        for i, t in enumerate(rungs):  # labels alternate below and above: close rungs stay readable
+            ax.annotate(t["rung"], (t[key], 100 * t["mean"]), textcoords="offset points",
+                        xytext=(4, -10 if i % 2 == 0 else 6), fontsize=8)
         peers = [t for t in rungs if t["peer_accs"]]
         if key == "bits" and peers:  # brevitas on the same grid: the same bits per weight at rest
             ax.plot([t["bits"] for t in peers], [100 * t["peer_mean"] for t in peers], "s--", label="brevitas")
