@@ -49,6 +49,7 @@ def child(variant: str) -> dict:
     import torch
     from torch import nn
 
+    from accuracy import latent_state_bytes  # bench/accuracy.py: weight, gradient and moments
     from gxnor_cli.discrete.dst import DST
 
     from gxnor_cli.discrete.space import Space
@@ -93,10 +94,7 @@ def child(variant: str) -> dict:
                 module.__class__ = LatentTernary
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
         latent = [m.weight for m in model.modules() if isinstance(m, LatentTernary)]
-        # the weight, its gradient (freed by zero_grad here, but a training loop holds one per step), m, v
-        kept = lambda: sum(2 * w.numel() * w.element_size() + sum(t.numel() * t.element_size()
-                                                                   for t in opt.state[w].values() if t.dim())
-                           for w in latent)
+        kept = lambda: latent_state_bytes(latent, [t for w in latent for t in opt.state[w].values() if t.dim()])
 
     def step():
         opt.step()
