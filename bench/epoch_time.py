@@ -9,9 +9,11 @@ of ``experiment=fashion_hysteresis``:
     gxnor        experiment=fashion_gxnor: ternary weights (DST adam, stochastic transitions)
 
 Each variant trains ROUNDS epochs, interleaved with the others, in this process with
-``--threads`` torch threads; the medians are compared.
+``--threads`` torch threads; the medians are compared.  The process keeps freed memory for
+reuse as ``gxnor train`` does (gxnor_cli/training/allocator.py); ``--raw-malloc`` leaves
+glibc's malloc as it is, to measure what that is worth.
 
-    python bench/epoch_time.py [--threads 1]
+    python bench/epoch_time.py [--threads 1] [--raw-malloc]
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ import torch
 from gxnor_cli.config import load_config
 from gxnor_cli.data.splits import Dataset, Split
 from gxnor_cli.models.nets import model_from_config
+from gxnor_cli.training.allocator import keep_freed_memory
 from gxnor_cli.training.group import Solo
 from gxnor_cli.training.loop import Trainer
 
-ROUNDS, SAMPLES = 5, 6000
+ROUNDS, SAMPLES = 7, 6000
 VARIANTS = {"float": ["experiment=fashion_hysteresis", "quant=float"],
             "hysteresis": ["experiment=fashion_hysteresis"],
             "gxnor": ["experiment=fashion_gxnor"]}
@@ -40,8 +43,10 @@ VARIANTS = {"float": ["experiment=fashion_hysteresis", "quant=float"],
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--raw-malloc", action="store_true", help="leave glibc's malloc untuned")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    tuned = not args.raw_malloc and keep_freed_memory()
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (SAMPLES, 1, 28, 28), dtype=np.uint8))
     labels = torch.from_numpy(rng.integers(0, 10, SAMPLES).astype(np.int64))
@@ -69,7 +74,7 @@ def main() -> None:
         print(f"  {name:<11}{seconds:6.2f} s  ({seconds / median['float']:.2f}x float)")
     print(f"RESULT hysteresis_vs_float={median['hysteresis'] / median['float']:.3f} "
           f"gxnor_vs_float={median['gxnor'] / median['float']:.3f} float_epoch_s={median['float']:.2f} "
-          f"threads={args.threads}")
+          f"hysteresis_epoch_s={median['hysteresis']:.2f} threads={args.threads} kept_memory={int(tuned)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The state ladder: accuracy against the number of weight and activation states, and its cost.
 
 For each rung N in --states (default 2, 3, 5, 9, 17) one row trains weights AND activations
-with N states (``quant.weight_states=N quant.act_states=N``) from the --experiment preset
+with N states (``quant.weight_states=N quant.act_states=N``; a rung WxA, e.g. 3x5, gives the
+weights W states and the activations A) from the --experiment preset
 (default ``fashion_hysteresis``: the paper's MNIST net on Fashion-MNIST, 20 epochs, DST mom8
 with hysteresis transitions), against the same net in float and the same net in brevitas
 (bench/peers.py: latent fp32 weights, straight-through gradients, its integer quantizers at
@@ -17,6 +18,7 @@ weight and against the resting probability, float as a line.
 
     python bench/ladder.py                                   # hours on 2 CPU cores
     python bench/ladder.py --seeds 0 --states 2,3,5 trainer.epochs=5
+    python bench/ladder.py --states 3x5,5x3 --no-brevitas            # asymmetric pairs
     python bench/ladder.py --experiment fashion_gxnor data=digits model=digits_net   # minutes
 
 Needs Fashion-MNIST for the default preset (apt-get install dataset-fashion-mnist); the
@@ -39,18 +41,34 @@ from accuracy import _run_row_safely, run_row, run_rows  # noqa: E402  (bench/ac
 from peers import brevitas_row  # noqa: E402  (bench/peers.py: brevitas, imported when a row runs)
 
 
-def rows(states: list[int], seeds: list[int], experiment: str, extra: list[str],
+Rung = tuple[int, int]  # (weight states, activation states)
+
+
+def parse_rungs(text: str) -> list[Rung]:
+    """"2,3,3x5" -> [(2, 2), (3, 3), (3, 5)]."""
+    rungs = []
+    for item in text.split(","):
+        w, _, a = item.strip().partition("x")
+        rungs.append((int(w), int(a or w)))
+    return rungs
+
+
+def label(rung: Rung) -> str:
+    return f"W{rung[0]}/A{rung[1]}"
+
+
+def rows(rungs: list[Rung], seeds: list[int], experiment: str, extra: list[str],
          brevitas: bool = False) -> dict[str, list[str]]:
     base = [f"experiment={experiment}", *extra]
     out = {}
     for seed in seeds:
         # float weights train with Adam at its own lr, not the DST lr a preset may set
         out[f"float-s{seed}"] = [*base, "quant=float", "optim.lr=null", f"trainer.seed={seed}"]
-        for n in states:
-            rung = [*base, f"quant.weight_states={n}", f"quant.act_states={n}", f"trainer.seed={seed}"]
-            out[f"w{n}a{n}-s{seed}"] = rung
-            if brevitas:  # brevitas reads the state count and its own lr (bench/peers.py)
-                out[f"brevitas-w{n}a{n}-s{seed}"] = rung
+        for w, a in rungs:
+            rung = [*base, f"quant.weight_states={w}", f"quant.act_states={a}", f"trainer.seed={seed}"]
+            out[f"w{w}a{a}-s{seed}"] = rung
+            if brevitas:  # brevitas reads the state counts and its own lr (bench/peers.py)
+                out[f"brevitas-w{w}a{a}-s{seed}"] = rung
     return out
 
 
@@ -64,20 +82,20 @@ def _run(args: tuple) -> dict:
     return _run_row_safely(args, run=_row)
 
 
-def summarize(results: list[dict], states: list[int], seeds: list[int]) -> list[dict]:
+def summarize(results: list[dict], rungs: list[Rung], seeds: list[int]) -> list[dict]:
     from gxnor_cli.deploy.packed import weight_bits
 
     by_row = {r["row"]: r for r in results}
     floats = [by_row[f"float-s{s}"]["test_acc"] for s in seeds if f"float-s{s}" in by_row]
     float_mean = statistics.mean(floats) if floats else math.nan
     table = [{"rung": "float", "bits": 32.0, "accs": floats, "mean": float_mean, "gap": 0.0, "resting": 0.0}]
-    for n in states:
-        got = [by_row[f"w{n}a{n}-s{s}"] for s in seeds if f"w{n}a{n}-s{s}" in by_row]
+    for w, a in rungs:
+        got = [by_row[f"w{w}a{a}-s{s}"] for s in seeds if f"w{w}a{a}-s{s}" in by_row]
         if not got:
             continue
         mean = statistics.mean(r["test_acc"] for r in got)
-        peer = [by_row[f"brevitas-w{n}a{n}-s{s}"]["test_acc"] for s in seeds if f"brevitas-w{n}a{n}-s{s}" in by_row]
-        table.append({"rung": f"W{n}/A{n}", "bits": weight_bits(n), "accs": [r["test_acc"] for r in got], "mean": mean,
+        peer = [by_row[f"brevitas-w{w}a{a}-s{s}"]["test_acc"] for s in seeds if f"brevitas-w{w}a{a}-s{s}" in by_row]
+        table.append({"rung": label((w, a)), "bits": weight_bits(w), "accs": [r["test_acc"] for r in got], "mean": mean,
                       "gap": 100 * (float_mean - mean), "resting": statistics.mean(r.get("test_resting_prob", 0) for r in got),
                       "peer_accs": peer, "peer_mean": statistics.mean(peer) if peer else math.nan})
     return table
@@ -111,7 +129,7 @@ def picture(table: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--states", default="2,3,5,9,17")
+    parser.add_argument("--states", default="2,3,5,9,17", help="rungs: N (weights and activations) or WxA")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--experiment", default="fashion_hysteresis")
     parser.add_argument("--jobs", type=int, default=1, help="rows trained at the same time")
@@ -121,13 +139,13 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="retrain rows that finished before in --out")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every row")
     args = parser.parse_args()
-    states = [int(s) for s in args.states.split(",")]
+    rungs = parse_rungs(args.states)
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.brevitas and importlib.util.find_spec("brevitas") is None:
         print("ladder: brevitas is not installed (pip install brevitas); its rows are left out", file=sys.stderr)
         args.brevitas = False
-    work = rows(states, seeds, args.experiment, args.overrides, args.brevitas)
-    table = summarize(run_rows(work, args.out, args.jobs, runner=_run, keep=not args.fresh), states, seeds)
+    work = rows(rungs, seeds, args.experiment, args.overrides, args.brevitas)
+    table = summarize(run_rows(work, args.out, args.jobs, runner=_run, keep=not args.fresh), rungs, seeds)
     print("\n| rung | bits / weight | test acc (mean) | per seed | gap to float (points) | brevitas (mean) "
           "| per seed | gxnor - brevitas (points) | resting prob |")
     print("|---|---|---|---|---|---|---|---|---|")

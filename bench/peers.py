@@ -91,13 +91,13 @@ def quantizers(states: int = 3):
 
 def brevitas_net(cfg, data):
     """The config's layer string as brevitas quantised layers: weights -> [pool] -> BN -> act, with
-    :func:`quantizers` of the config's weight state count."""
+    :func:`quantizers` of the config's weight and activation state counts."""
     import brevitas.nn as qnn
     from torch import nn
 
     from gxnor_cli.models.grammar import parse_arch
 
-    Weight, Act = quantizers(cfg.quant.weight_states)
+    Weight, Act = quantizers(cfg.quant.weight_states)[0], quantizers(cfg.quant.act_states)[1]
     arch, in_shape, padding = cfg.model.arch, data.shape, cfg.model.padding
     layers, (channels, side, _), flat = [], in_shape, None
     specs = parse_arch(arch)

@@ -29,6 +29,18 @@ def test_ternary_forward_around_thresholds(r):
     assert phi(3, r)(torch.tensor(xs)).tolist() == want
 
 
+def test_ternary_forward_is_exact_at_the_float32_neighbours_of_its_window():
+    """phi(x) = [x > r] - [x < -r] exactly, for any float32 window r, at the float32 values next
+    to +-r: the forward's ceil(|x| - r) form has no rounding slack."""
+    g = torch.Generator().manual_seed(0)
+    for r in [0.0, 1e-30, *(torch.rand(20, generator=g) * 3).tolist()]:
+        r32 = torch.tensor(r, dtype=torch.float32)
+        around = torch.stack([torch.nextafter(r32, torch.tensor(-1.0)), r32, torch.nextafter(r32, torch.tensor(9.0))])
+        xs = torch.cat([around, -around, torch.randn(1000, generator=g) * 2])
+        want = (xs > r32).float() - (xs < -r32).float()
+        assert torch.equal(phi(3, r32.item())(xs), want)
+
+
 @pytest.mark.parametrize("r", [0.25, 0.5])
 def test_five_state_forward(r):
     # thresholds r and r + 0.5; levels of height 0.5

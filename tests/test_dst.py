@@ -20,6 +20,11 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def draws(n, seed=0):
+    """n uniform numbers in [0, 1): a transition's draws."""
+    return torch.rand(n, generator=gen(seed))
+
+
 @pytest.mark.parametrize("states", [2, 3, 5, 9])
 def test_always_a_state_and_never_against_dw(states):
     space = Space(states)
@@ -27,7 +32,7 @@ def test_always_a_state_and_never_against_dw(states):
     code = space.to_code(torch.rand(4000, generator=g) * 2 - 1)
     for _ in range(20):
         dw = torch.randn(4000, generator=g) * 1.5
-        new = transition(code, dw, space, m=3.0, generator=g)
+        new = transition(code, dw, space, 3.0, torch.rand(4000, generator=g))
         assert new.dtype == torch.int8
         assert torch.isin(new, space.codes()).all()
         assert ((new.float() - code.float()) * dw >= 0).all()
@@ -38,13 +43,13 @@ def test_integer_parts_move_deterministically():
     # 9 states, dz = 0.25: dW = 0.6 -> kappa = 2 codes, remainder 0.4 dz
     space = Space(9)
     code = torch.full((5000,), -4, dtype=torch.int8)
-    new = transition(code, torch.full((5000,), 0.6), space, 3.0, gen())
+    new = transition(code, torch.full((5000,), 0.6), space, 3.0, draws(5000))
     assert set(new.tolist()) == {-2, -1}
     # exact multiples of dz never draw: dW = 1.0 on 5 states is exactly 2 codes
-    new = transition(torch.full((100,), -2, dtype=torch.int8), torch.full((100,), 1.0), Space(5), 3.0, gen())
+    new = transition(torch.full((100,), -2, dtype=torch.int8), torch.full((100,), 1.0), Space(5), 3.0, draws(100))
     assert set(new.tolist()) == {0}
     # negative increments: trunc toward zero, -0.6 -> -2 codes, maybe one more
-    new = transition(torch.zeros(5000, dtype=torch.int8), torch.full((5000,), -0.6), space, 3.0, gen())
+    new = transition(torch.zeros(5000, dtype=torch.int8), torch.full((5000,), -0.6), space, 3.0, draws(5000))
     assert set(new.tolist()) == {-2, -3}
 
 
@@ -54,7 +59,7 @@ def test_transition_frequency_matches_tanh(states, dw, m):
     n = 40000
     start = 0 if states > 2 else (-1 if dw > 0 else 1)
     code = torch.full((n,), start, dtype=torch.int8)
-    new = transition(code, torch.full((n,), dw), space, m, gen(7))
+    new = transition(code, torch.full((n,), dw), space, m, draws(n, 7))
     nu = abs(dw) / space.dz  # |dw| < dz here, so kappa = 0
     p = math.tanh(m * nu)
     freq = (new != code).float().mean().item()
@@ -63,10 +68,10 @@ def test_transition_frequency_matches_tanh(states, dw, m):
 
 def test_clipping_at_plus_minus_one():
     space = Space(3)
-    up = transition(torch.ones(10, dtype=torch.int8), torch.full((10,), 5.0), space, 3.0, gen())
-    down = transition(-torch.ones(10, dtype=torch.int8), torch.full((10,), -500.0), space, 3.0, gen())
+    up = transition(torch.ones(10, dtype=torch.int8), torch.full((10,), 5.0), space, 3.0, draws(10))
+    down = transition(-torch.ones(10, dtype=torch.int8), torch.full((10,), -500.0), space, 3.0, draws(10))
     assert up.tolist() == [1] * 10 and down.tolist() == [-1] * 10
-    big = transition(torch.zeros(10, dtype=torch.int8), torch.full((10,), 1e9), Space(129), 3.0, gen())
+    big = transition(torch.zeros(10, dtype=torch.int8), torch.full((10,), 1e9), Space(129), 3.0, draws(10))
     assert big.tolist() == [64] * 10
 
 
@@ -140,18 +145,20 @@ def test_mom8_momentum_follows_the_formula_and_its_int8_code_is_unbiased():
     assert codes.mean().item() == pytest.approx(0.1 / unit, abs=5 * 0.5 / math.sqrt(20000))
 
 
-def test_mom8_saturated_momentum_never_wraps_to_the_other_sign(monkeypatch):
-    """With M clipped at +R, floor(u + 127 M / R) is 128 for u near 1; the code must stay at +127
-    (an int8 cast alone wraps it to -128, which then pushes the weight against its gradient)."""
+def test_mom8_saturated_momentum_never_wraps_to_the_other_sign():
+    """With M clipped at +R, u + 127 M / R rounds to 128 in float32 for u near 1 (here the
+    largest float32 draw, 1 - 2^-24); the code must stay at +127 (an int8 cast alone wraps it
+    to -128, which then pushes the weight against its gradient)."""
+    from gxnor_cli.discrete.rules import make_rule
+
     layer = DiscreteLinear(64, 1, 3)
-    dst = DST(layer, rule="mom8", lr=0.01, beta1=0.5, seed=0)
-    code = torch.full((1, 64), 127, dtype=torch.int8)
-    dst.rule.code = {dst.layers[0][0]: code}
-    near_one = lambda shape, **kw: torch.full(shape, 1 - 2**-20, dtype=kw.get("dtype"), device=kw.get("device"))
-    monkeypatch.setattr(torch, "rand", near_one)
-    x = torch.tensor([[1.0, 0.1] * 32])  # g / rms(g) = 1.41 on the even weights: M is clipped to exactly +R
-    layer(x).sum().backward()
-    assert code[0, ::2].tolist() == [127] * 32
+    rule = make_rule("mom8", 0.01, beta1=0.5)
+    x, grad_out = torch.tensor([[1.0, 0.1] * 32]), torch.ones(1, 1)
+    rule.begin("w", layer, x, grad_out)
+    rule.code["w"].fill_(127)
+    # g / rms(g) = 1.41 on the even weights: M is clipped to exactly +R
+    rule.propose("w", layer, slice(0, 1), grad_out.t() @ x, torch.full((1, 64), 1 - 2**-24))
+    assert rule.code["w"][0, ::2].tolist() == [127] * 32
 
 
 def test_rules_describe_themselves():

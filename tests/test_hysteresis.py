@@ -19,6 +19,11 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def draws(n, seed=0):
+    """n uniform numbers in [0, 1): the position's rounding."""
+    return torch.rand(n, generator=gen(seed))
+
+
 @pytest.mark.parametrize("states", [2, 3, 5, 9])
 def test_one_step_follows_the_formula(states):
     space, g, n = Space(states), gen(1), 20000
@@ -29,7 +34,7 @@ def test_one_step_follows_the_formula(states):
     frac = y - y.round()
     keep = (frac.abs() - 0.5).abs() > 1e-4  # away from ties between two states (float32 inside)
     p = position.clone()
-    new = hysteresis(code, p, dw.clone(), space, g)
+    new = hysteresis(code, p, dw.clone(), space, torch.rand(n, generator=g))
     assert new.dtype == torch.int8 and torch.isin(new, space.codes()).all()
     assert torch.equal(space.to_index(new)[keep].double(), y.round()[keep])
     low = torch.floor(254 * frac).clamp(-127, 127)
@@ -39,10 +44,10 @@ def test_one_step_follows_the_formula(states):
 def test_positions_round_without_bias_and_states_change_at_the_midpoint():
     space, n = Space(3), 40000
     code, p = torch.zeros(n, dtype=torch.int8), torch.zeros(n, dtype=torch.int8)
-    new = hysteresis(code, p, torch.full((n,), 0.3), space, gen(2))  # y = 0.3: same state
+    new = hysteresis(code, p, torch.full((n,), 0.3), space, draws(n, 2))  # y = 0.3: same state
     assert new.eq(0).all()
     assert p.double().mean().item() == pytest.approx(0.3 * 254, abs=0.02)
-    new = hysteresis(new, p, torch.full((n,), 0.3), space, gen(3))  # y = 0.6: next state, p ~ -0.4
+    new = hysteresis(new, p, torch.full((n,), 0.3), space, draws(n, 3))  # y = 0.6: next state, p ~ -0.4
     assert new.eq(1).all()
     assert p.double().mean().item() == pytest.approx(-0.4 * 254, abs=0.05)
 
@@ -56,8 +61,8 @@ def test_noise_around_zero_does_not_move_a_state_where_the_stochastic_transition
     moved = 0
     for step in range(20):
         dw = torch.full((n,), 0.2 if step % 2 == 0 else -0.2)
-        code = hysteresis(code, p, dw.clone(), space, gen(step))
-        new = transition(stochastic, dw.clone(), space, 3.0, gen(100 + step))
+        code = hysteresis(code, p, dw.clone(), space, draws(n, step))
+        new = transition(stochastic, dw.clone(), space, 3.0, draws(n, 100 + step))
         moved += (new != stochastic).sum().item()
         stochastic = new
     assert code.eq(0).all()
@@ -67,9 +72,9 @@ def test_noise_around_zero_does_not_move_a_state_where_the_stochastic_transition
 def test_extreme_states_keep_positions_on_their_inner_half():
     space = Space(3)
     p = torch.full((10,), 100, dtype=torch.int8)
-    up = hysteresis(torch.ones(10, dtype=torch.int8), p, torch.full((10,), 50.0), space, gen())
+    up = hysteresis(torch.ones(10, dtype=torch.int8), p, torch.full((10,), 50.0), space, draws(10))
     assert up.eq(1).all() and p.eq(0).all()  # clipped at the top state's centre
-    down = hysteresis(up, p, torch.full((10,), -0.7), space, gen())  # y = 2 - 0.7 = 1.3 -> state 1 (code 0)
+    down = hysteresis(up, p, torch.full((10,), -0.7), space, draws(10))  # y = 2 - 0.7 = 1.3 -> state 1 (code 0)
     assert down.eq(0).all()
 
 

@@ -66,13 +66,14 @@ def pulse(distance: torch.Tensor, height: float, width: float, kind: str) -> tor
 
 class _MultiStepFn(torch.autograd.Function):
     """phi forward; backward through the pulses.  For rect pulses only the number of pulses
-    covering each x is kept (uint8, a quarter of the float input) since the derivative is
-    that count times the pulse height."""
+    covering each x is kept (int8, a quarter of the float input: a cast from float that CPUs
+    vectorise, where one to uint8 is several times slower) since the derivative is that count
+    times the pulse height."""
 
     @staticmethod
     def forward(ctx, x, act: "MultiStep"):
         ctx.act = act
-        ctx.save_for_backward(act.pulse_count(x).to(torch.uint8) if act.kind == "rect" else x)
+        ctx.save_for_backward(act.pulse_count(x).to(torch.int8) if act.kind == "rect" else x)
         return act.levels(x)
 
     @staticmethod
@@ -122,15 +123,19 @@ class MultiStep(nn.Module):
         return self.steps.thresholds
 
     def levels(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward value phi(x), as :class:`Steps` defines it."""
+        """Forward value phi(x), as :class:`Steps` defines it.  In-place float operations
+        only: a comparison that makes a bool tensor, and its cast back to float, cost several
+        times more on CPUs."""
         steps = self.steps
-        if steps.binary:
-            return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-        if steps.levels == 1:  # ternary: sign(x) [|x| > r], in fewer passes over x
-            out = (x > steps.window).to(x.dtype).sub_((x < -steps.window).to(x.dtype))
-            return out if steps.height == 1 else out.mul_(steps.height)
-        count = x.abs().sub_(steps.window).div_(steps.step).ceil_().clamp_(0, steps.levels)
-        return count.mul_(steps.height).mul_(torch.sign(x))
+        if steps.binary:  # +1 where x >= 0, else -1
+            return x.clone().ge_(0).mul_(2.0).sub_(1.0)
+        count = x.abs().sub_(steps.window)
+        if steps.step != 1:  # ternary: s = dz = 1
+            count.div_(steps.step)
+        count.ceil_().clamp_(0, steps.levels)
+        if steps.height != 1:
+            count.mul_(steps.height)
+        return count.mul_(torch.sign(x))
 
     def pulse_count(self, x: torch.Tensor) -> torch.Tensor:
         """How many rect pulses cover each x: #{k : | |x| - t_k | <= a} (float).

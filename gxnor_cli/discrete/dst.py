@@ -16,7 +16,9 @@ an int8 position inside its state, the increments add up there, and the state ch
 when the sum crosses the midpoint to a neighbouring state (1 more byte per weight).
 
 dW comes from a *step rule* (:mod:`.rules`: adam, sgd, rms, mom8); the move from a
-*transition* (:mod:`.transitions`: stochastic, hysteresis), both chosen by name.
+*transition* (:mod:`.transitions`: stochastic, hysteresis), both chosen by name.  Every
+transition takes one uniform number per weight and step, and a rule that ``draws`` (mom8)
+another before it, from the DST's generator.
 
 :class:`DST` installs itself as the gradient *sink* of every discrete layer: the layer
 hands it one block of weight gradient at a time during backward and the states change
@@ -65,7 +67,6 @@ class DST:
         self.generator.manual_seed(seed)
         self.rule = make_rule(rule, lr, **settings)
         self.reduce = reduce if reduce is not None and reduce.world > 1 else None  # one process: no sums
-        self.rule.generator = self.generator
         self._changed = {name: torch.zeros((), dtype=torch.long, device=device) for name, _ in self.layers}
         self._updates = {name: 0 for name, _ in self.layers}
         for _, layer in self.layers:
@@ -92,12 +93,16 @@ class DST:
         name = self.names[id(layer)]
         if self.reduce is not None:  # data parallel: the global batch's gradient block, on every rank
             grad = self.reduce.sum_(grad)
-        dw = self.rule.propose(name, layer, rows, grad)
         block = layer.state[rows]
+        dw = self.rule.propose(name, layer, rows, grad, self.uniform(block) if self.rule.draws else None)
         position = self.positions[name][rows] if name in self.positions else None
-        new = self.move(block, dw, layer.space, self.generator, position)
+        new = self.move(block, dw, layer.space, position, self.uniform(block))
         self._changed[name] += (new != block).sum()
         block.copy_(new)
+
+    def uniform(self, block: torch.Tensor) -> torch.Tensor:
+        """One uniform number in [0, 1) per weight of ``block`` (float32)."""
+        return torch.rand(block.shape, generator=self.generator, device=block.device)
 
     # -- bookkeeping ------------------------------------------------------------
     def transition_rates(self, reset: bool = True) -> dict[str, float]:

@@ -42,6 +42,7 @@ class StepRule:
     """
 
     default_lr = 0.01
+    draws = False  # propose() rounds stochastically: DST hands it uniform numbers u
     whole_gradient = False  # begin() reads statistics of the whole step's gradient (data parallel: gathered)
 
     @dataclass
@@ -51,12 +52,14 @@ class StepRule:
     def __init__(self, lr: float, settings: Optional[Any] = None):
         self.lr = lr
         self.settings = settings if settings is not None else self.Settings()
-        self.generator: Optional[torch.Generator] = None  # set by DST: the draws' generator
 
     def begin(self, key: str, layer: DiscreteLayer, x: torch.Tensor, grad_out: torch.Tensor) -> None:
         """Start of a layer's backward (whole-step statistics go here)."""
 
-    def propose(self, key: str, layer: DiscreteLayer, rows: slice, grad: torch.Tensor) -> torch.Tensor:
+    def propose(self, key: str, layer: DiscreteLayer, rows: slice, grad: torch.Tensor,
+                u: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """dW of the block ``rows`` from its gradient ``grad`` (scratch: may be overwritten);
+        ``u``: uniform [0, 1) numbers of the block's shape when the rule ``draws``."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -120,7 +123,7 @@ class AdamRule(StepRule):
             self.v[key] = torch.zeros(layer.state.shape, device=x.device)
         self.t[key] = self.t.get(key, 0) + 1
 
-    def propose(self, key, layer, rows, grad):
+    def propose(self, key, layer, rows, grad, u=None):
         import torch
 
         s, t = self.settings, self.t[key]
@@ -146,7 +149,7 @@ class SGDRule(StepRule):
 
     default_lr = 20.0
 
-    def propose(self, key, layer, rows, grad):
+    def propose(self, key, layer, rows, grad, u=None):
         return grad.mul_(-self.lr)
 
 
@@ -186,7 +189,7 @@ class RMSRule(StepRule):
         """What g / rms(g) is multiplied by: -lr (dW itself)."""
         return -self.lr
 
-    def propose(self, key, layer, rows, grad):
+    def propose(self, key, layer, rows, grad, u=None):
         return grad.mul_(self.scale[key])
 
     def state_dict(self):
@@ -230,6 +233,8 @@ class Mom8Rule(RMSRule):
             _check(0 <= self.rms_beta < 1, f"dst.rms_beta must be in [0, 1); got {self.rms_beta}")
             _check(self.mom8_range > 0, f"dst.mom8_range must be > 0; got {self.mom8_range}")
 
+    draws = True  # the code's stochastic rounding
+
     def __init__(self, lr: float, settings: Optional[Settings] = None):
         super().__init__(lr, settings)
         self.code: dict[str, torch.Tensor] = {}
@@ -245,16 +250,13 @@ class Mom8Rule(RMSRule):
         """(1 - beta1): the new gradient's share of the momentum."""
         return 1 - self.settings.beta1
 
-    def propose(self, key, layer, rows, grad):
-        import torch
-
+    def propose(self, key, layer, rows, grad, u=None):
         code = self.code[key][rows]
         bound = self.settings.mom8_range
         unit = bound / 127
         momentum = code.to(grad.dtype).mul_(self.settings.beta1 * unit).add_(grad.mul_(self.scale[key]))
         momentum.clamp_(-bound, bound)
-        u = torch.rand(momentum.shape, generator=self.generator, device=momentum.device, dtype=momentum.dtype)
-        code.copy_(u.add_(momentum, alpha=1 / unit).floor_().clamp_(-127, 127).to(torch.int8))
+        code.copy_(u.add_(momentum, alpha=1 / unit).floor_().clamp_(-127, 127))  # whole numbers: an exact cast
         return momentum.mul_(-self.lr)
 
     def state_dict(self):

@@ -25,11 +25,11 @@ if TYPE_CHECKING:
 TRANSITIONS = Registry("transition")
 
 
-def transition(code: torch.Tensor, dw: torch.Tensor, space: Space, m: float,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """New codes after one DST step of the codes ``code`` by the real increments ``dw``.
+def transition(code: torch.Tensor, dw: torch.Tensor, space: Space, m: float, u: torch.Tensor) -> torch.Tensor:
+    """New codes after one DST step of the codes ``code`` by the real increments ``dw``;
+    ``u``: uniform [0, 1) numbers of the same shape, the draws b.
 
-    ``dw`` is used as scratch space (it is overwritten).  Implementation notes, all exact:
+    ``dw`` and ``u`` are used as scratch space (they are overwritten).  Implementation notes, all exact:
     moves longer than the space are clipped first (they end at the same state); the
     integer part is a cast to int (truncation toward zero); the draw b = [u < tanh(y)]
     is taken as [(1 + u) / 2 < sigmoid(2y)], the same event, since tanh(y) = 2 sigmoid(2y) - 1
@@ -42,7 +42,6 @@ def transition(code: torch.Tensor, dw: torch.Tensor, space: Space, m: float,
     kappa = q.to(torch.int16)  # trunc toward zero
     nu = q.sub_(kappa.to(q.dtype))  # remainder in units of dz, |nu| < 1, same sign as dW
     threshold = nu.abs().mul_(2.0 * m).sigmoid_()
-    u = torch.rand(q.shape, generator=generator, device=q.device, dtype=q.dtype)
     moved = u.add_(1.0).mul_(0.5).lt_(threshold)  # 1.0 where b = 1 (kept as float: no mixed dtypes)
     del threshold
     delta = kappa.add_(nu.sign_().mul_(moved).to(torch.int16))
@@ -55,8 +54,9 @@ POSITION_STEPS = 254  # hysteresis: int8 positions -127..127 span one state inte
 
 
 def hysteresis(code: torch.Tensor, position: torch.Tensor, dw: torch.Tensor, space: Space,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """New codes after one hysteresis step; ``position`` (int8, same shape) is updated in place.
+               u: torch.Tensor) -> torch.Tensor:
+    """New codes after one hysteresis step; ``position`` (int8, same shape) is updated in place;
+    ``u``: uniform [0, 1) numbers of the same shape, for round_s.
 
     A weight keeps, beside its state (index n = 0 .. states - 1), a position p in -127..127:
     how far it has gone toward a neighbouring state, in units of dz / 254.  Its value in
@@ -75,13 +75,17 @@ def hysteresis(code: torch.Tensor, position: torch.Tensor, dw: torch.Tensor, spa
     """
     import torch
 
+    # index n = (code + max_code) / code_step, and back, in float (small integers: exact)
+    n = code.to(dw.dtype).add_(space.max_code)
+    if space.code_step != 1:
+        n.mul_(1.0 / space.code_step)
     y = dw.mul_(1.0 / space.dz).add_(position.to(dw.dtype), alpha=1.0 / POSITION_STEPS)
-    y.add_(space.to_index(code).to(dw.dtype)).clamp_(0, space.states - 1)
-    index = torch.round(y)
-    u = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-    p = y.sub_(index).mul_(POSITION_STEPS).add_(u).floor_().clamp_(-127, 127)
-    position.copy_(p.to(torch.int8))
-    return space.from_index(index.to(torch.uint8))
+    y.add_(n).clamp_(0, space.states - 1)
+    index = torch.round(y, out=n)
+    position.copy_(y.sub_(index).mul_(POSITION_STEPS).add_(u).floor_().clamp_(-127, 127))  # exact cast
+    if space.code_step != 1:
+        index.mul_(space.code_step)
+    return index.sub_(space.max_code).to(torch.int8)
 
 
 @TRANSITIONS.register("stochastic")
@@ -94,8 +98,8 @@ class Stochastic:
     def new_state(self, layer: DiscreteLayer) -> Optional[torch.Tensor]:
         return None
 
-    def __call__(self, code, dw, space, generator, state=None) -> torch.Tensor:
-        return transition(code, dw, space, self.m, generator)
+    def __call__(self, code, dw, space, state, u) -> torch.Tensor:
+        return transition(code, dw, space, self.m, u)
 
 
 @TRANSITIONS.register("hysteresis")
@@ -110,5 +114,5 @@ class Hysteresis:
 
         return torch.zeros_like(layer.state)  # every weight starts at the centre of its state
 
-    def __call__(self, code, dw, space, generator, state=None) -> torch.Tensor:
-        return hysteresis(code, state, dw, space, generator)
+    def __call__(self, code, dw, space, state, u) -> torch.Tensor:
+        return hysteresis(code, state, dw, space, u)

@@ -36,6 +36,7 @@ from ..tracking.client import check, NoRun, pending_file, reap_stale, Run
 from ..tracking.locate import locate_checkpoint
 from ..tracking.store import Store
 from ..tracking.report import plot_curves, plot_histograms
+from .allocator import keep_freed_memory
 from .group import check_world, host_threads, join, resolve_device, synchronise_norm
 from .loop import Trainer
 
@@ -85,6 +86,7 @@ def prepare(cfg: Config) -> tuple[Dataset, torch.nn.Module]:
     raises UserError for anything the user can fix."""
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
+    keep_freed_memory()
     data = load_data(cfg.data, cfg.trainer.val_fraction, cfg.trainer.seed)
     check_fits(cfg, data.shape, data.num_classes, on_cpu=resolve_device(cfg.trainer.device).type == "cpu")
     model = model_from_config(cfg, data.shape, data.num_classes)
