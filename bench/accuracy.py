@@ -131,7 +131,7 @@ def run_row(name: str, overrides: list[str], out: str, threads: int) -> dict:
     device = resolve_device(cfg.trainer.device)
     data, model = prepare(cfg)
     trainer = Trainer(cfg, model, data, Solo(device), teacher=teacher_of(cfg, data), run_dir=Path(out) / "checkpoints" / name)
-    record = {"row": name, "overrides": overrides, "device": str(device), "epochs": cfg.trainer.epochs,
+    record = {"row": name, "overrides": overrides, "resolved": cfg.to_dict(), "device": str(device), "epochs": cfg.trainer.epochs,
               "rule": cfg.dst.rule if cfg.quant.weight_states else "(float weights: Adam)", "history": trainer.history}
     start = time.perf_counter()
     result = trainer.fit(lambda metrics: write(Path(out) / f"{name}.json", record))
@@ -150,13 +150,21 @@ def _run_row_safely(args: tuple, run=run_row) -> dict:
 
 
 def finished(out: str, name: str, overrides: list[str]) -> dict | None:
-    """The record of row ``name`` in ``out`` if it finished with these ``overrides``, else None."""
+    """The record of row ``name`` in ``out`` if it finished with the config these ``overrides``
+    give now (the same defaults too), else None.  Records written before rows kept their
+    ``resolved`` config are matched on the overrides alone."""
+    from gxnor_cli.config import load_config
+
     path = Path(out) / f"{name}.json"
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if record.get("done") and record.get("overrides") == overrides else None
+    if not record.get("done"):
+        return None
+    if "resolved" in record:
+        return record if record["resolved"] == json.loads(json.dumps(load_config(overrides).to_dict())) else None
+    return record if record.get("overrides") == overrides else None
 
 
 def run_rows(rows: dict[str, list[str]], out: str, jobs: int = 1, runner=_run_row_safely, keep: bool = False) -> list[dict]:

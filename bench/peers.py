@@ -134,7 +134,8 @@ def brevitas_row(overrides: list[str], out: str, threads: int, build=brevitas_ne
     from gxnor_cli.training.loop import lr_at, squared_hinge
 
     torch.set_num_threads(threads)
-    cfg = load_config(overrides).replace(**{"optim.lr": BREVITAS_LR, "optim.lr_end": BREVITAS_LR / 100})
+    given = load_config(overrides)
+    cfg = given.replace(**{"optim.lr": BREVITAS_LR, "optim.lr_end": BREVITAS_LR / 100})
     data = load_data(cfg.data, cfg.trainer.val_fraction, cfg.trainer.seed)
     torch.manual_seed(cfg.trainer.seed)
     model = build(cfg, data)
@@ -150,7 +151,7 @@ def brevitas_row(overrides: list[str], out: str, threads: int, build=brevitas_ne
             correct = sum((model(x).argmax(1) == y).sum().item() for x, y in batches(split, 1000, data.max_value))
         return correct / len(split)
 
-    record = {"row": name, "overrides": overrides, "history": [], "epochs": cfg.trainer.epochs}
+    record = {"row": name, "overrides": overrides, "resolved": given.to_dict(), "history": [], "epochs": cfg.trainer.epochs}
     best_val, best_state = -1.0, None
     for epoch in range(cfg.trainer.epochs):
         for group in optimizer.param_groups:

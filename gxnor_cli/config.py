@@ -25,7 +25,7 @@ from .data.sources import DATASETS
 from .discrete.pulses import FLOAT_ACTIVATIONS, PULSES
 from .discrete.rules import RULES, settings_of
 from .discrete.transitions import TRANSITIONS
-from .discrete.space import check_states
+from .discrete.space import Space, check_states
 from .errors import UserError
 
 SCHEDULES = ("exp", "cosine", "step", "constant")
@@ -109,9 +109,11 @@ class ModelConfig:
 class QuantConfig:
     weight_states: Optional[int] = key(3, "weight states: 2 | 3 | 5 | 9 | ... | 129, null: full precision")
     act_states: Optional[int] = key(3, "activation states, as weight_states")
-    window: float = key(0.5, "sparsity window r: phi(x) = 0 for |x| <= r")
+    window: Optional[float] = key(None, "sparsity window r: phi(x) = 0 for |x| <= r (null: half a step, dz / 2: "
+                                        "0.5 ternary, 0.25 with 5 states; binary: 0)")
     pulse: str = key("rect", "derivative pulse: " + " | ".join(PULSES))
-    pulse_width: float = key(0.5, "half-width a of each pulse (> 0)")
+    pulse_width: Optional[float] = key(None, "half-width a of each pulse (> 0; null: dz / 2, so that rect pulses "
+                                             "pass slope 1 on |x| <= 1: 0.5 ternary, 1 binary)")
     step: Optional[float] = key(None, "distance between thresholds of multi-level phi (null: dz)")
     float_act: str = key("relu", "activation when act_states is null: " + " | ".join(FLOAT_ACTIVATIONS))
 
@@ -123,9 +125,15 @@ class QuantConfig:
                     check_states(value)
                 except ValueError as err:
                     raise ConfigError(f"quant.{name}: {err}") from None
-        _require(self.window >= 0, f"quant.window must be >= 0; got {self.window}")
+        if self.act_states is not None:  # null window and width: half a step of the activation space
+            half = Space(self.act_states).dz / 2
+            for name, value in (("window", 0.0 if self.act_states == 2 else half), ("pulse_width", half)):
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)
+        _require(self.window is None or self.window >= 0, f"quant.window must be >= 0; got {self.window}")
         _require(self.pulse in PULSES, f"quant.pulse must be one of {', '.join(PULSES)}; got {self.pulse!r}")
-        _require(self.pulse_width > 0, f"quant.pulse_width must be > 0; got {self.pulse_width}")
+        _require(self.pulse_width is None or self.pulse_width > 0,
+                 f"quant.pulse_width must be > 0; got {self.pulse_width}")
         _require(self.step is None or self.step > 0, f"quant.step must be > 0; got {self.step}")
         _require(self.float_act in FLOAT_ACTIVATIONS,
                  f"quant.float_act must be one of {', '.join(FLOAT_ACTIVATIONS)}; got {self.float_act!r}")
@@ -478,6 +486,10 @@ def _schema():
 
     schema = OmegaConf.structured(Config)
     thaw(schema)
+    for section in GROUPS:  # the declared defaults, not what __post_init__ derives from them (quant.window)
+        for f in dataclasses.fields(section_schema(section)):
+            if f.default is not dataclasses.MISSING:
+                schema[section][f.name] = f.default
     return schema
 
 

@@ -25,6 +25,14 @@ def test_defaults_compose_into_typed_config():
     (["model=cifar_net", "data=cifar10"], lambda c: c.model.arch.startswith("2x128C3") and c.data.augment),
     (["quant.window=0.7", "quant.pulse=tri"], lambda c: c.quant.window == 0.7 and c.quant.pulse == "tri"),
     (["dst=mom8"], lambda c: c.dst.rule == "mom8" and c.optim.lr == 0.01 and c.dst.mom8_range == 1.0),
+    # window and pulse width default to half a step of the activation space, dz / 2 (binary: r = 0)
+    ([], lambda c: (c.quant.window, c.quant.pulse_width) == (0.5, 0.5)),
+    (["quant.act_states=5"], lambda c: (c.quant.window, c.quant.pulse_width) == (0.25, 0.25)),
+    (["quant.act_states=17"], lambda c: (c.quant.window, c.quant.pulse_width) == (0.0625, 0.0625)),
+    (["quant.act_states=2"], lambda c: (c.quant.window, c.quant.pulse_width) == (0.0, 1.0)),
+    (["quant=float"], lambda c: (c.quant.window, c.quant.pulse_width) == (None, None)),
+    (["quant.act_states=9", "quant.window=0.3"], lambda c: (c.quant.window, c.quant.pulse_width) == (0.3, 0.125)),
+    (["quant.act_states=9", "quant.window=null"], lambda c: c.quant.window == 0.125),
     # an experiment picks options and sets keys across sections ...
     (["experiment=fashion_gxnor"], lambda c: (c.data.name, c.model.padding, c.trainer.batch_size, c.dst.beta1,
                                               c.trainer.epochs) == ("fashion_mnist", 0, 256, 0.99, 20)),
