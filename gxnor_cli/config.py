@@ -125,8 +125,8 @@ class QuantConfig:
                     check_states(value)
                 except ValueError as err:
                     raise ConfigError(f"quant.{name}: {err}") from None
-        if self.act_states is not None:  # null window and width: half a step of the activation space
-            half = Space(self.act_states).dz / 2
+        if self.act_states is not None:  # null window and width: the activation's defaults, shown as numbers
+            half = Space(self.act_states).half_step
             for name, value in (("window", 0.0 if self.act_states == 2 else half), ("pulse_width", half)):
                 if getattr(self, name) is None:
                     object.__setattr__(self, name, value)

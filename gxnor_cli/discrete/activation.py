@@ -86,11 +86,14 @@ class _MultiStepFn(torch.autograd.Function):
 
 
 class MultiStep(nn.Module):
-    """phi for activation space ``space``; window r, pulse ``kind`` of half-width a."""
+    """phi for activation space ``space``; window r, pulse ``kind`` of half-width a (r and a
+    default to half a step, dz / 2; the step width s to dz)."""
 
-    def __init__(self, space: Space, window: float = 0.5, pulse: str = "rect", width: float = 0.5,
+    def __init__(self, space: Space, window: float | None = None, pulse: str = "rect", width: float | None = None,
                  step: float | None = None):
         super().__init__()
+        window = space.half_step if window is None else window
+        width = space.half_step if width is None else width
         if window < 0:
             raise ValueError(f"window r must be >= 0, got {window}")
         if width <= 0:
@@ -172,8 +175,8 @@ class MultiStep(nn.Module):
         return f"{self.space}, r={self.window}, pulse={self.kind}, a={self.width}, s={self.step}"
 
 
-def make_activation(states: int | None, window: float = 0.5, pulse: str = "rect", width: float = 0.5,
-                    step: float | None = None, float_act: str = "relu") -> nn.Module:
+def make_activation(states: int | None, window: float | None = None, pulse: str = "rect",
+                    width: float | None = None, step: float | None = None, float_act: str = "relu") -> nn.Module:
     """phi for a discrete activation space, or an ordinary activation when ``states`` is None."""
     if states is None:
         return FLOAT_ACTIVATIONS[float_act]()

@@ -48,6 +48,12 @@ class Space:
         return 2.0 / (self.states - 1)
 
     @property
+    def half_step(self) -> float:
+        """dz / 2: an activation's default sparsity window and pulse half-width in this space
+        (phi then rounds to the nearest state, and rect pulses tile |x| <= 1 at height 1)."""
+        return self.dz / 2
+
+    @property
     def unit(self) -> float:
         """Value of one code step: dz, or 1 for the binary space."""
         return 1.0 if self.states == 2 else self.dz
